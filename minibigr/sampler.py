@@ -28,14 +28,24 @@ Predictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 # ----------------------------------------------------------------------------------------------
 # Schedules
 # ----------------------------------------------------------------------------------------------
-def mask_ratio(i: int, num_iter: int) -> float:
-    """Fraction of tokens still masked after step i: cos(pi/2 * i/I)."""
-    return math.cos(math.pi / 2 * i / num_iter)
+MASK_SCHEDULES = ("cosine", "linear")
 
 
-def masked_after(n: torch.Tensor, i: int, num_iter: int) -> torch.Tensor:
-    """floor(n * cos(pi/2 * i/I)) per row.  n (B,) int64 -> (B,) int64."""
-    return torch.floor(n.to(torch.float64) * mask_ratio(i, num_iter)).to(torch.int64)
+def mask_ratio(i: int, num_iter: int, schedule: str = "cosine") -> float:
+    """Fraction of tokens still masked after step i: cos(pi/2 * i/I) (generation), or 1 - i/I
+    ("linear", which enrichment uses: its groups are small and already surrounded by context)."""
+    if schedule == "cosine":
+        # clipped at 0: at i = I the rounded angle can land an ulp past pi/2 (I = 13, 26, 47, ...)
+        # and floor(n * -6e-17) would leave -1 tokens masked
+        return max(0.0, math.cos(math.pi / 2 * i / num_iter))
+    if schedule == "linear":
+        return 1 - i / num_iter
+    raise ValueError(f"unknown mask schedule {schedule!r}; choose one of {MASK_SCHEDULES}")
+
+
+def masked_after(n: torch.Tensor, i: int, num_iter: int, schedule: str = "cosine") -> torch.Tensor:
+    """floor(n * ratio(i)) per row.  n (B,) int64 -> (B,) int64."""
+    return torch.floor(n.to(torch.float64) * mask_ratio(i, num_iter, schedule)).to(torch.int64)
 
 
 def gumbel_scale(g: float, schedule: str, i: int, num_iter: int) -> float:
@@ -117,7 +127,7 @@ def select(scores: torch.Tensor, mask: torch.Tensor, n_reveal: torch.Tensor) -> 
 @torch.no_grad()
 def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor | None = None,
                   num_iter: int = 20, order: str = "entropy", gumbel: float = 0.0,
-                  gumbel_schedule: str = "constant", deterministic: bool = False,
+                  gumbel_schedule: str = "constant", deterministic: bool = False, mask_schedule: str = "cosine",
                   generator: torch.Generator | None = None, gumbels: torch.Tensor | None = None,
                   uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy-ordered (or other) iterative unmasking.
@@ -144,7 +154,7 @@ def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor 
         G = gumbels[i - 1] if gumbels is not None else gumbel_noise(
             (B, N), generator=generator, device=p.device, dtype=p.dtype)
         scores = perturbed_scores(p, order, gumbel_scale(gumbel, gumbel_schedule, i, num_iter), G)
-        n_reveal = mask.sum(1) - masked_after(n_start, i, num_iter)
+        n_reveal = mask.sum(1) - masked_after(n_start, i, num_iter, mask_schedule)
         chosen = select(scores, mask, n_reveal)                     # (B, N)
         u = uniforms[i - 1] if uniforms is not None else None
         bits = quantize(p, deterministic=deterministic, uniform=u, generator=generator)

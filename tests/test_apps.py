@@ -1,0 +1,119 @@
+"""Zero-shot applications: what is outside the mask never changes, in tokens and in pixels."""
+
+import pytest
+import torch
+
+from minibigr import apps
+from minibigr.model import BiGR, BiGRConfig
+from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
+from minibigr.train import bits_to_tokens
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
+                                                        attn_resolutions=()))
+    model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, dim=32, n_layer=2, n_head=2,
+                                   transcoder_width=32, transcoder_blocks=1, num_iter=4, diffusion_steps=4))
+    for p in model.parameters():          # leave the zero-init: random outputs make the checks non-trivial
+        torch.nn.init.normal_(p, std=0.2)
+    return tok.eval(), model.eval()
+
+
+def images(n=3):
+    return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def left_half_mask(n=3):
+    mask = torch.zeros(n, 1, 32, 32, dtype=torch.bool)
+    mask[..., :, :13] = True             # not on a token boundary: 13 px cover token columns 0..3
+    return mask
+
+
+def test_token_mask_marks_every_token_touching_the_mask():
+    regen = apps.token_mask(left_half_mask(1), (8, 8)).view(8, 8)
+    assert regen[:, :4].all() and not regen[:, 4:].any()
+
+
+def test_inpaint_keeps_pixels_and_tokens_outside_the_mask(pair):
+    tok, model = pair
+    x, mask = images(), left_half_mask()
+    g = torch.Generator().manual_seed(0)
+    out = apps.inpaint(tok, model, x, mask, labels=3, generator=g)
+    assert out.shape == x.shape
+    assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
+    assert not torch.equal(out[mask.expand_as(x)], x[mask.expand_as(x)])
+    # tokens: the regenerated sequence keeps every token outside the token mask
+    regen = apps.token_mask(mask, (8, 8))
+    source = bits_to_tokens(tok.encode(x, deterministic=True))
+    _, tokens = apps._regenerate(tok, model, x, regen, torch.full((3,), 3), torch.Generator().manual_seed(0))
+    assert torch.equal(tokens[~regen], source[~regen])
+    assert set(tokens.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_outpaint_is_inpaint_of_the_complement(pair):
+    tok, model = pair
+    x, mask = images(), left_half_mask()
+    a = apps.outpaint(tok, model, x, mask, labels=1, generator=torch.Generator().manual_seed(5))
+    b = apps.inpaint(tok, model, x, ~mask, labels=1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert torch.equal(a[mask.expand_as(x)], x[mask.expand_as(x)])
+
+
+def test_edit_depends_on_the_new_class(pair):
+    tok, model = pair
+    x, mask = images(), left_half_mask()
+    a = apps.edit(tok, model, x, mask, new_labels=torch.tensor([0, 0, 0]), generator=torch.Generator().manual_seed(2))
+    b = apps.edit(tok, model, x, mask, new_labels=torch.tensor([7, 7, 7]), generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(a, b)
+    assert torch.equal(a[~mask.expand_as(x)], b[~mask.expand_as(x)])
+
+
+def test_interpolate_ends_are_the_pure_classes(pair):
+    tok, model = pair
+    strip = apps.interpolate(tok, model, 2, 5, alphas=(1.0, 0.5, 0.0), seed=4)
+    assert strip.shape == (3, 1, 32, 32)
+    g = torch.Generator().manual_seed(4)
+    pure = model.generate(torch.tensor([2]), generator=g)
+    from minibigr.train import tokens_to_bits
+
+    assert torch.equal(strip[0], tok.decode(tokens_to_bits(pure, 8, 8))[0])
+
+
+def test_enrich_regenerates_every_token_once_per_group(pair):
+    tok, model = pair
+    x = images(2)
+    out = apps.enrich(tok, model, x, r=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="divide"):
+        apps.enrich(tok, model, x, r=3)
+
+
+def test_mask_shape_errors(pair):
+    tok, model = pair
+    with pytest.raises(ValueError, match="does not match"):
+        apps.inpaint(tok, model, images(), torch.zeros(16, 16, dtype=torch.bool), labels=0)
+
+
+def test_generate_runs_the_transcoder_on_exactly_the_masked_tokens(pair, monkeypatch):
+    tok, model = pair
+    from minibigr.sampler import masked_after
+
+    rows = []
+    sample = model.transcoder.sample
+
+    def counting(cond, *args, **kwargs):
+        rows.append(cond.shape[0])
+        return sample(cond, *args, **kwargs)
+
+    monkeypatch.setattr(model.transcoder, "sample", counting)
+    B, N, I = 2, 64, 4
+    given = torch.zeros(B, N, dtype=torch.bool)
+    given[:, :16] = True                        # 48 of 64 tokens to generate in every row
+    tokens = torch.ones(B, N, 6)
+    out = model.generate(torch.tensor([1, 2]), tokens=tokens, given=given, num_iter=I,
+                         generator=torch.Generator().manual_seed(0))
+    expected = [B * int(masked_after(torch.tensor([48]), i - 1, I)) for i in range(1, I + 1)]
+    assert rows == expected
+    assert torch.equal(out[given], tokens[given])

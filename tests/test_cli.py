@@ -1,0 +1,46 @@
+"""The `minibigr` command and the package surface: help texts, clean errors, a light import."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minibigr.cli import build_parser, main
+
+COMMANDS = ("train-tokenizer", "encode", "train", "sample", "eval-tokenizer", "demo")
+
+
+def test_every_command_has_help(capsys):
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([command, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: minibigr " + command in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_errors_not_tracebacks(tmp_path, capsys):
+    assert main(["sample", "--model", str(tmp_path), "--tokenizer", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and "nowhere" in err
+    assert main(["train", "--codes", str(tmp_path)]) == 2
+    assert "minibigr encode" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-tokenizer", "--dataset", "mnist"])
+
+
+def test_import_is_light_and_never_touches_the_reference():
+    code = ("import sys, minibigr; from minibigr import BiGR, BinaryAutoencoder, transcoder, sampler; "
+            "import json; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout))
+    assert {"torch", "numpy", "minibigr"} <= loaded
+    assert not loaded & {"reference", "numba", "matplotlib", "hypothesis", "pytest", "nbclient", "PIL"}
+
+
+def test_console_script_entry_point_is_declared():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["minibigr"] == "minibigr.cli:main"

@@ -1,0 +1,454 @@
+"""BiGR backbone + model: shapes, presets, masking, training signal, generation, features, persistence."""
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minibigr.backbone import Backbone, apply_rope, rope_2d
+from minibigr.model import (
+    PRESETS,
+    BiGR,
+    BiGRConfig,
+    drop_labels,
+    gather_tokens,
+    mask_count,
+    masked_positions,
+    random_mask,
+)
+from minibigr.transcoder import DenoiseMLP
+
+torch.set_num_threads(1)
+
+
+def tiny_config(**overrides) -> BiGRConfig:
+    base = dict(K=8, num_classes=5, num_tokens=16, dim=32, n_layer=2, n_head=2, multiple_of=16,
+                transcoder_width=32, transcoder_blocks=2, T=16, diffusion_steps=8, num_iter=4,
+                cfg=2.0, gumbel=0.5)
+    return BiGRConfig(**{**base, **overrides})
+
+
+def quiet_config(**overrides) -> BiGRConfig:
+    """No dropout anywhere: deterministic forward passes in training mode."""
+    return tiny_config(token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0, **overrides)
+
+
+def tiny_model(seed=0, **overrides) -> BiGR:
+    torch.manual_seed(seed)
+    return BiGR(tiny_config(**overrides))
+
+
+def random_tokens(B, cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, cfg.num_tokens, cfg.K, generator=g) < 0.5).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes, config, presets
+# ----------------------------------------------------------------------------------------------
+def test_shapes_and_dtypes():
+    model = tiny_model().eval()
+    cfg = model.config
+    tokens, labels = random_tokens(3, cfg), torch.tensor([0, 4, 5])
+    mask = torch.zeros(3, cfg.num_tokens, dtype=torch.bool)
+    mask[:, ::3] = True
+    h = model(tokens, labels, mask)
+    assert h.shape == (3, cfg.num_tokens, cfg.dim) and h.dtype == torch.float32
+    loss, stats = model.loss(tokens, labels)
+    assert loss.ndim == 0 and loss.requires_grad
+    assert set(stats) == {"loss", "bce", "mask_rate", "n_mask"}
+    assert 0 < stats["mask_rate"] <= 1 and stats["n_mask"] == round(stats["mask_rate"] * cfg.num_tokens)
+    feats = model.features(tokens)
+    assert feats.shape == (3, cfg.dim) and feats.dtype == torch.float32
+    x_t = (torch.rand(7, cfg.K) < 0.5).float()
+    assert model.transcoder.denoiser(x_t, torch.arange(7.0), torch.randn(7, cfg.dim)).shape == (7, cfg.K)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    cfg = model.config
+    tokens = random_tokens(2, cfg)
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(tokens[:, :-1], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        model(tokens, torch.tensor([0, cfg.num_classes + 1]))
+    with pytest.raises(ValueError, match="labels must be an integer tensor"):
+        model.loss(tokens, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="mask must be"):
+        model(tokens, torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="layer must be"):
+        model.features(tokens, layer=cfg.n_layer)
+    with pytest.raises(ValueError, match="given must be"):
+        model.generate(torch.tensor([0, 1]), tokens=tokens, given=torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_config_validation_and_json_round_trip():
+    cfg = BiGRConfig.preset("tiny-32", cfg=3.0)
+    assert BiGRConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.grid == 8 and cfg.cfg == 3.0
+    assert cfg.sampling_defaults()["num_iter"] == cfg.num_iter
+    with pytest.raises(ValueError, match="unknown BiGR preset 'nope'.*tiny-32"):
+        BiGRConfig.preset("nope")
+    with pytest.raises(ValueError, match="unknown BiGRConfig fields \\['bogus'\\]"):
+        BiGRConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="not a square grid"):
+        tiny_config(num_tokens=15)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tiny_config(dim=36, n_head=6)
+    with pytest.raises(ValueError, match="order 'best'"):
+        tiny_config(order="best")
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        tiny_config(diffusion_steps=17)
+
+
+def count_params_meta(cfg: BiGRConfig) -> int:
+    """Parameters of the backbone + the transcoder's denoiser (= what the official model.parameters()
+    counts: its diffusion_processor shares the denoiser), built without allocating memory."""
+    with torch.device("meta"):
+        modules = [Backbone(cfg), DenoiseMLP(cfg.K, cfg.dim, cfg.transcoder_width, cfg.transcoder_blocks)]
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("name, published", [("BiGR-L", 336.3e6), ("BiGR-XL", 799.4e6), ("BiGR-XXL", 1480.0e6)])
+def test_published_presets_have_the_authors_parameter_counts(name, published):
+    cfg = BiGRConfig.preset(name)
+    assert (cfg.K, cfg.num_classes, cfg.num_tokens, cfg.use_adaLN) == (24, 1000, 256, True)
+    assert abs(count_params_meta(cfg) - published) / published < 0.005
+
+
+def test_model_parameters_are_backbone_plus_denoiser():
+    model = tiny_model()
+    n = sum(p.numel() for p in model.parameters())
+    assert n == count_params_meta(model.config)
+    assert n == sum(p.numel() for m in (model.backbone, model.transcoder.denoiser) for p in m.parameters())
+
+
+def test_small_presets_build_and_sampling_defaults_match_the_paper():
+    for name in PRESETS:
+        BiGRConfig.preset(name)
+    assert [BiGRConfig.preset(n).num_iter for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")] == [20, 25, 25]
+    assert [BiGRConfig.preset(n).gumbel for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")] == [0.17, 0.25, 0.30]
+    assert {(BiGRConfig.preset(n).cfg, BiGRConfig.preset(n).diffusion_steps) for n in ("BiGR-L", "BiGR-XXL")} \
+        == {(2.5, 100)}
+    tiny = BiGRConfig.preset("tiny-32")
+    assert (tiny.grid, tiny.K, tiny.num_classes) == (8, 16, 10)
+    assert 0.5e6 < count_params_meta(tiny) < 5e6
+
+
+# ----------------------------------------------------------------------------------------------
+# Masked modeling
+# ----------------------------------------------------------------------------------------------
+@given(N=st.integers(1, 300), data=st.data())
+@settings(deadline=None, max_examples=60)
+def test_mask_count_formula(N, data):
+    s = data.draw(st.integers(0, N - 1))
+    n = mask_count(s, N)
+    assert n == max(1, math.floor(N * math.cos(math.pi / 2 * s / N)))
+    assert 1 <= n <= N and mask_count(0, N) == N
+
+
+@given(B=st.integers(1, 5), N=st.integers(1, 40), data=st.data(), seed=st.integers(0, 2**31))
+@settings(deadline=None, max_examples=40)
+def test_random_mask_hides_exactly_n_per_sample(B, N, data, seed):
+    n = data.draw(st.integers(1, N))
+    mask, idx = random_mask(B, N, n, torch.Generator().manual_seed(seed))
+    assert mask.dtype == torch.bool and (mask.sum(1) == n).all()
+    assert torch.equal(torch.zeros_like(mask).scatter_(1, idx, True), mask)
+    assert torch.equal(masked_positions(mask, n), idx.sort(1).values)
+
+
+def test_loss_masks_exactly_n_mask_tokens_per_sample():
+    model = tiny_model()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[2].clone()))
+    tokens, labels = random_tokens(4, model.config), torch.tensor([0, 1, 2, 3])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        _, stats = model.loss(tokens, labels, generator=g)
+        assert (seen[-1].sum(1) == stats["n_mask"]).all()
+    assert len({int(m.sum()) for m in seen}) > 1      # the masking rate varies from batch to batch
+
+
+def test_class_dropout_uses_the_null_class():
+    labels = torch.arange(5).repeat(400)
+    dropped = drop_labels(labels, 0.3, null_class=5, generator=torch.Generator().manual_seed(0))
+    hit = dropped != labels
+    assert (dropped[hit] == 5).all() and 0.25 < hit.float().mean() < 0.35
+    assert torch.equal(drop_labels(labels, 0.0, 5), labels)
+
+    # loss() drops labels in training mode only
+    model = tiny_model(class_dropout=0.5)
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    tokens, y = random_tokens(200, model.config), torch.arange(200) % 5
+    model.loss(tokens, y, generator=torch.Generator().manual_seed(1))
+    hit = seen[-1] != y
+    assert (seen[-1][hit] == 5).all() and 0.4 < hit.float().mean() < 0.6
+    model.eval().loss(tokens, y, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(seen[-1], y)
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = BiGR(quiet_config(class_dropout=0.0))
+    labels = torch.arange(8) % 4
+    tokens = random_tokens(4, model.config, seed=1)[labels]       # each class has its own image
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
+
+    def eval_loss():
+        with torch.no_grad():
+            return sum(float(model.loss(tokens, labels, generator=torch.Generator().manual_seed(s))[0])
+                       for s in range(8)) / 8
+
+    before = eval_loss()
+    g = torch.Generator().manual_seed(2)
+    for _ in range(400):
+        loss, _ = model.loss(tokens, labels, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert eval_loss() < 0.5 * before
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = BiGR(quiet_config(class_dropout=0.5))
+    tokens, labels = random_tokens(6, model.config), torch.arange(6) % 5
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):      # the zero-initialised output layers need one step before gradients flow back
+        loss, _ = model.loss(tokens, labels, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss, _ = model.loss(tokens, labels, generator=g)
+    opt.zero_grad()
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+def test_param_groups_follow_the_official_rule():
+    model = tiny_model()
+    decay, no_decay = model.param_groups(0.02)
+    assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}
+    named = dict(model.named_parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == len(named)
+    for name, p in named.items():
+        should_decay = p.ndim >= 2 and not name.startswith("transcoder.")
+        assert (id(p) in ids) == should_decay, name
+    assert id(named["backbone.layers.0.attention.wqkv.weight"]) in ids
+    assert id(named["backbone.norm.weight"]) not in ids and id(named["backbone.tok_embeddings.bias"]) not in ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention, positions, the class token
+# ----------------------------------------------------------------------------------------------
+def test_attention_is_bidirectional():
+    model = tiny_model().eval()
+    tokens, labels = random_tokens(2, model.config), torch.tensor([1, 2])
+    changed = tokens.clone()
+    changed[:, -1] = 1 - changed[:, -1]
+    h, h2 = model(tokens, labels), model(changed, labels)
+    assert (h[:, 0] - h2[:, 0]).abs().max() > 1e-4
+
+
+@given(grid=st.integers(1, 6), heads_dim=st.sampled_from([4, 8, 16, 32]), seed=st.integers(0, 2**31))
+@settings(deadline=None, max_examples=30)
+def test_rope_rotates_pairs_by_row_then_column(grid, heads_dim, seed):
+    base = 10000.0
+    cos, sin = rope_2d(grid, heads_dim, base)
+    assert cos.shape == (1 + grid * grid, heads_dim // 2)
+    x = torch.randn(1 + grid * grid, heads_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = apply_rope(x, cos.double(), sin.double())
+    # class token: rows of zeros, so the rotated vector is zero
+    assert (out[0] == 0).all()
+    # independent check with complex numbers: pair m of the first half turns by row * f_m, pair m of
+    # the second half by column * f_m, f_m = base^(-m / (head_dim / 4)) over head_dim / 4 pairs
+    quarter = heads_dim // 4
+    f = base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    for pos in range(grid * grid):
+        r, c = divmod(pos, grid)
+        angle = torch.cat([r * f, c * f])
+        z = torch.complex(x[1 + pos, 0::2], x[1 + pos, 1::2]) * torch.polar(torch.ones_like(angle), angle)
+        expected = torch.stack([z.real, z.imag], dim=-1).flatten()
+        torch.testing.assert_close(out[1 + pos], expected, rtol=1e-5, atol=1e-5)
+
+
+@given(seed=st.integers(0, 2**31), shift=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+@settings(deadline=None, max_examples=20)
+def test_rope_scores_depend_on_relative_position_only(seed, shift):
+    grid, hd = 5, 16
+    cos, sin = rope_2d(grid, hd)
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(hd, generator=g, dtype=torch.float64), torch.randn(hd, generator=g, dtype=torch.float64)
+
+    def score(p1, p2):
+        i, j = 1 + p1[0] * grid + p1[1], 1 + p2[0] * grid + p2[1]
+        return apply_rope(q, cos[i].double(), sin[i].double()) @ apply_rope(k, cos[j].double(), sin[j].double())
+
+    a, b = (0, 1), (2, 0)
+    moved_a, moved_b = (a[0] + shift[0], a[1] + shift[1]), (b[0] + shift[0], b[1] + shift[1])
+    torch.testing.assert_close(score(a, b), score(moved_a, moved_b), rtol=1e-5, atol=1e-5)  # float32 tables
+
+
+@pytest.mark.parametrize("use_adaLN", [True, False])
+def test_class_token_has_zero_query_and_key(use_adaLN):
+    """The official rotary table zeroes the class token's q and k: nothing attends *to* it by content
+    (its logit is 0 for every query) and it attends uniformly to every position."""
+    torch.manual_seed(0)
+    model = BiGR(tiny_config(use_adaLN=use_adaLN)).eval()
+    bb = model.backbone
+    cfg = model.config
+    tokens, labels = random_tokens(2, cfg), torch.tensor([1, 3])
+    x = torch.cat([bb.cls_embedding(labels)[:, None], bb.tok_embeddings(tokens)], 1)    # block-0 input
+    attn = bb.layers[0].attention
+    q, k, v = attn.qkv(x, bb.rope_cos, bb.rope_sin)
+    assert (q[:, :, 0] == 0).all() and (k[:, :, 0] == 0).all()
+    assert (q[:, :, 1:].abs().sum(-1) > 0).all() and (v[:, :, 0].abs().sum(-1) > 0).all()
+    # so the class token's attention output is the plain average of all values
+    y = attn(x, bb.rope_cos, bb.rope_sin)
+    uniform = attn.wo(v.mean(2).reshape(2, cfg.dim))
+    torch.testing.assert_close(y[:, 0], uniform)
+    # and the class still conditions the image tokens (through values, and adaLN when on)
+    assert (model(tokens, labels) - model(tokens, labels.flip(0))).abs().max() > 1e-4
+
+
+def test_class_mix_interpolates_class_embeddings():
+    model = tiny_model().eval()
+    tokens, y1, y2 = random_tokens(2, model.config), torch.tensor([0, 1]), torch.tensor([2, 3])
+    torch.testing.assert_close(model(tokens, (y1, y2, 1.0)), model(tokens, y1))
+    torch.testing.assert_close(model(tokens, (y1, y2, torch.tensor([0.0, 0.0]))), model(tokens, y2))
+    table = model.backbone.cls_embedding.embedding_table.weight
+    mixed = 0.3 * table[y1] + 0.7 * table[y2]
+    torch.testing.assert_close(model(tokens, (y1, y2, 0.3)), model(tokens, mixed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------
+def test_generate_returns_bits_and_reveals_everything():
+    model = tiny_model()
+    labels = torch.tensor([0, 3, 4])
+    out, revealed_at = model.generate(labels, generator=torch.Generator().manual_seed(0), return_order=True)
+    assert out.shape == (3, model.config.num_tokens, model.config.K)
+    assert ((out == 0) | (out == 1)).all()
+    assert ((revealed_at >= 1) & (revealed_at <= model.config.num_iter)).all()
+    assert model.training                              # generate restores the caller's mode
+    again = model.generate(labels, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_generate_keeps_given_tokens(ragged):
+    model = tiny_model().eval()
+    cfg = model.config
+    tokens = random_tokens(3, cfg, seed=5)
+    given = torch.zeros(3, cfg.num_tokens, dtype=torch.bool)
+    given[:, : cfg.num_tokens // 2] = True
+    if ragged:
+        given[1, -1] = True                           # rows with different numbers of tokens to generate
+    out, revealed_at = model.generate(torch.tensor([0, 1, 2]), tokens=tokens, given=given, cfg=1.5,
+                                      cfg_schedule="linear", generator=torch.Generator().manual_seed(1),
+                                      return_order=True)
+    assert torch.equal(out[given], tokens[given])
+    assert ((out == 0) | (out == 1)).all()
+    assert (revealed_at[given] == 0).all() and (revealed_at[~given] > 0).all()
+    everything = torch.ones_like(given)
+    assert torch.equal(model.generate(torch.tensor([0, 1, 2]), tokens=tokens, given=everything), tokens)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_one_step_generation_equals_backbone_then_transcoder(cfg_scale):
+    """I = 1 reveals every token from one prediction: the result must be the backbone on all-masked
+    tokens (conditional and null class) followed by the transcoder on every token, same draws."""
+    model = tiny_model().eval()
+    cfg = model.config
+    B, N = 2, cfg.num_tokens
+    labels = torch.tensor([1, 4])
+    out = model.generate(labels, num_iter=1, cfg=cfg_scale, deterministic=True, diffusion_steps=5,
+                         generator=torch.Generator().manual_seed(7))
+    tokens, mask = torch.zeros(B, N, cfg.K), torch.ones(B, N, dtype=torch.bool)
+    with torch.no_grad():
+        h = model(tokens, labels, mask).flatten(0, 1)
+        h_null = model(tokens, torch.full_like(labels, cfg.num_classes), mask).flatten(0, 1)
+        p = model.transcoder.sample(h, h_null if cfg_scale != 1.0 else None, steps=5, cfg=cfg_scale,
+                                    generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out, (p > 0.5).float().view(B, N, cfg.K))
+
+
+def test_generate_class_mix_endpoints():
+    model = tiny_model().eval()
+    y1, y2 = torch.tensor([0, 1]), torch.tensor([3, 2])
+    kw = dict(num_iter=3, diffusion_steps=4)
+    plain = model.generate(y1, generator=torch.Generator().manual_seed(3), **kw)
+    mixed = model.generate(y1, class_mix=(y2, 1.0), generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(plain, mixed)
+    other = model.generate(y2, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(model.generate(y1, class_mix=(y2, 0.0), generator=torch.Generator().manual_seed(3), **kw),
+                       other)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features and persistence
+# ----------------------------------------------------------------------------------------------
+def test_features_average_unmasked_hidden_states_with_the_null_class():
+    model = tiny_model(n_layer=3).train()
+    cfg = model.config
+    tokens = random_tokens(2, cfg)
+    null = torch.full((2,), cfg.num_classes)
+    feats = model.features(tokens)
+    assert model.training
+    torch.testing.assert_close(feats, model.features(tokens, labels=null))
+    torch.testing.assert_close(feats, model.features(tokens, layer=1))           # default: (3 - 1) // 2
+    assert not torch.allclose(feats, model.features(tokens, labels=torch.tensor([0, 1])))
+    torch.testing.assert_close(model.features(tokens, layer=-1), model.features(tokens, layer=2))
+    model.eval()
+    with torch.no_grad():
+        bb = model.backbone
+        x = torch.cat([bb.cls_embedding(null)[:, None], bb.tok_embeddings(tokens)], 1)
+        mod = bb.adaLN(bb.cls_embedding(null)).view(2, 1, 6, cfg.dim)
+        for block in bb.layers[:2]:
+            x = block(x, mod, bb.rope_cos, bb.rope_sin)
+    torch.testing.assert_close(feats, x[:, 1:].mean(1))
+
+
+def test_gather_tokens_takes_rows_per_sample():
+    x = torch.arange(2 * 4 * 3).view(2, 4, 3)
+    idx = torch.tensor([[3, 0], [1, 2]])
+    assert torch.equal(gather_tokens(x, idx), torch.stack([x[0, 3], x[0, 0], x[1, 1], x[1, 2]]))
+
+
+def test_save_and_load_give_identical_outputs(tmp_path):
+    model = tiny_model(seed=3).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = BiGR.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config and not loaded.training
+    tokens, labels = random_tokens(2, model.config), torch.tensor([0, 5])
+    torch.testing.assert_close(loaded(tokens, labels), model(tokens, labels), rtol=0, atol=0)
+    x_t, t, c = (torch.rand(4, 8) < 0.5).float(), torch.arange(4.0), torch.randn(4, 32)
+    assert torch.equal(loaded.transcoder.denoiser(x_t, t, c), model.transcoder.denoiser(x_t, t, c))
+    kw = dict(num_iter=2, diffusion_steps=3)
+    assert torch.equal(loaded.generate(labels, generator=torch.Generator().manual_seed(0), **kw),
+                       model.generate(labels, generator=torch.Generator().manual_seed(0), **kw))
+
+
+def test_load_rejects_a_config_that_does_not_fit(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(ValueError, match=r"missing keys \['backbone.layers.2"):
+        BiGR.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "transcoder_width": 48}))
+    with pytest.raises(ValueError, match="shape mismatches.*x_embedder"):
+        BiGR.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot read"):
+        BiGR.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        BiGR.from_pretrained(tmp_path / "nowhere")

@@ -1,0 +1,215 @@
+"""Training plumbing: data order, code cache, exact kill-and-resume, and 2-process DDP (gloo)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minibigr.model import BiGR, BiGRConfig
+from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
+from minibigr.train import (
+    CodeCache,
+    TrainSettings,
+    batch_indices,
+    bits_to_tokens,
+    encode_dataset,
+    lr_at,
+    tokens_to_bits,
+    train_bigr,
+    train_tokenizer,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyImages:
+    """16 random 16x16 RGB images with labels 0..3: a dataset in the (image, label) protocol."""
+
+    def __init__(self, n=16, size=16, channels=3):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(n, channels, size, size, generator=g)
+        self.y = torch.arange(n) % 4
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def tiny_tokenizer():
+    cfg = TokenizerConfig.preset("cifar-32", image_size=16, nf=32, ch_mult=(1, 1), res_blocks=1,
+                                 attn_resolutions=(), emb_dim=32, K=6, ndf=8, disc_layers=1, disc_start=2)
+    torch.manual_seed(0)
+    return BinaryAutoencoder(cfg)
+
+
+def tiny_bigr(K=6, num_tokens=64):
+    cfg = BiGRConfig.preset("tiny-32", K=K, num_tokens=num_tokens, num_classes=4, dim=32, n_layer=2, n_head=2,
+                            transcoder_width=32, transcoder_blocks=1)
+    torch.manual_seed(0)
+    return BiGR(cfg)
+
+
+def test_batch_indices_cover_each_epoch_once_and_shard_evenly():
+    n, bs = 50, 8
+    per_epoch = n // bs
+    seen = torch.cat([batch_indices(n, bs, s, seed=3) for s in range(per_epoch)])
+    assert len(set(seen.tolist())) == per_epoch * bs        # no repeats inside an epoch
+    assert not torch.equal(batch_indices(n, bs, 0, 3), batch_indices(n, bs, per_epoch, 3))  # new epoch, new order
+    shards = [batch_indices(n, bs, 5, 3, rank=r, world=2) for r in range(2)]
+    assert torch.equal(torch.cat(shards), batch_indices(n, bs, 5, 3))
+    with pytest.raises(ValueError, match="divisible"):
+        batch_indices(n, 7, 0, 0, world=2)
+
+
+def test_lr_warmup_then_cosine():
+    s = TrainSettings(out_dir="x", steps=100, lr=1.0, warmup=10, lr_schedule="cosine")
+    assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(100, s) == pytest.approx(0.1)
+    assert all(lr_at(i, s) >= lr_at(i + 1, s) for i in range(10, 99))
+
+
+def test_code_cache_round_trip(tmp_path):
+    tok = tiny_tokenizer()
+    data = TinyImages()
+    cache = encode_dataset(tok, data, tmp_path / "codes", batch_size=5, device="cpu")
+    bits = tok.encode(data.x, deterministic=True)
+    tokens, labels = cache.get_batch(torch.tensor([3, 0, 15]))
+    assert torch.equal(tokens, bits_to_tokens(bits)[[3, 0, 15]])
+    assert torch.equal(labels, data.y[[3, 0, 15]])
+    assert torch.equal(tokens_to_bits(bits_to_tokens(bits), *bits.shape[2:]), bits)
+    (tmp_path / "codes" / "labels.npy").unlink()
+    np.save(tmp_path / "codes" / "labels.npy", np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="incomplete"):
+        CodeCache(tmp_path / "codes")
+
+
+def _bigr_codes(tmp_path):
+    return encode_dataset(tiny_tokenizer(), TinyImages(), tmp_path / "codes", batch_size=8, device="cpu")
+
+
+def test_bigr_resume_is_exact(tmp_path):
+    codes = _bigr_codes(tmp_path)
+    settings = dict(steps=6, batch_size=4, lr=1e-3, warmup=2, ema=0.9, log_every=1, device="cpu")
+    train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(out_dir=str(tmp_path / "a"), **settings))
+    # the same run in two parts: stop after 3 steps (a checkpoint), then resume to 6
+    part = {**settings, "steps": 3}
+    train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(out_dir=str(tmp_path / "b"), **part))
+    train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(out_dir=str(tmp_path / "b"), **settings))
+    a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    rows = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 0
+    assert (tmp_path / "a" / "model" / "model.safetensors").exists()
+
+
+def test_tokenizer_resume_is_exact_across_gan_start(tmp_path):
+    data = TinyImages()
+    settings = dict(steps=4, batch_size=4, lr=1e-3, ema=0.9, log_every=1, device="cpu")
+    train_tokenizer(tiny_tokenizer(), data, TrainSettings(out_dir=str(tmp_path / "a"), **settings))
+    train_tokenizer(tiny_tokenizer(), data, TrainSettings(out_dir=str(tmp_path / "b"), **{**settings, "steps": 2}))
+    train_tokenizer(tiny_tokenizer(), data, TrainSettings(out_dir=str(tmp_path / "b"), **settings))
+    a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    for key in ("model", "disc", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    rows = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert "d_loss" not in rows[0] and "d_loss" in rows[-1]       # the GAN switched on at disc_start=2
+
+
+def test_resume_refuses_changed_batch_size(tmp_path):
+    codes = _bigr_codes(tmp_path)
+    s = dict(steps=1, lr=1e-3, device="cpu")
+    n = codes.h * codes.w
+    train_bigr(tiny_bigr(num_tokens=n), codes, TrainSettings(out_dir=str(tmp_path / "r"), batch_size=4, **s))
+    with pytest.raises(ValueError, match="batch_size"):
+        train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes,
+                   TrainSettings(out_dir=str(tmp_path / "r"), batch_size=8, **s))
+
+
+RUN_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_train import TinyImages, tiny_bigr, tiny_tokenizer
+from minibigr.train import CodeCache, TrainSettings, train_bigr
+codes = CodeCache({codes!r})
+model = train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(
+    out_dir={out!r}, steps={steps}, batch_size=4, lr=1e-3, ema=0.9, ckpt_every=2, log_every=1, device="cpu"))
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    _bigr_codes(tmp_path)
+    steps = 40
+    script = RUN_SCRIPT.format(tests=str(ROOT / "tests"), codes=str(tmp_path / "codes"), out=str(tmp_path / "k"),
+                               steps=steps)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    state = tmp_path / "k" / "train_state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(state, weights_only=True)["step"]
+    assert killed_at < steps, "the run finished before it could be killed; make it longer"
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, stdout=subprocess.DEVNULL)
+    straight = RUN_SCRIPT.format(tests=str(ROOT / "tests"), codes=str(tmp_path / "codes"),
+                                 out=str(tmp_path / "s"), steps=steps)
+    subprocess.run([sys.executable, "-c", straight], env=env, check=True, stdout=subprocess.DEVNULL)
+    a = load_file(tmp_path / "k" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "s" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs: killed at step {killed_at} and resumed"
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+from safetensors.torch import save_file
+sys.path.insert(0, {tests!r})
+from test_train import tiny_bigr
+from minibigr.train import CodeCache, TrainSettings, train_bigr
+codes = CodeCache({codes!r})
+model = tiny_bigr(num_tokens=codes.h * codes.w)
+train_bigr(model, codes, TrainSettings(out_dir={out!r}, steps=3, batch_size=8, lr=1e-3, ema=0.9, device="cpu"))
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}},
+          os.path.join({out!r}, "rank%s.safetensors" % os.environ["RANK"]))
+"""
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+    codes = _bigr_codes(tmp_path)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(ROOT / "tests"), codes=str(tmp_path / "codes"),
+                                                        out=str(out))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    start = tiny_bigr(num_tokens=codes.h * codes.w).state_dict()
+    assert any(not torch.equal(r0[k], start[k]) for k in r0), "no weight moved"
+    for name in r0:
+        assert torch.equal(r0[name], r1[name]), f"ranks disagree on {name}"
+    assert (out / "model" / "model.safetensors").exists()
