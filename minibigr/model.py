@@ -13,7 +13,6 @@ the transcoder (minibigr.transcoder) models that token's K bits given h_i; the s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from contextlib import contextmanager
@@ -23,13 +22,12 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
+from .checkpoint import WEIGHTS_NAME, load_checkpoint, load_strict, save_checkpoint
 from .sampler import CFG_SCHEDULES, GUMBEL_SCHEDULES, ORDERS, cfg_scale, masked_after, sample_tokens
 from .transcoder import OBJECTIVES, SCHEDULES, BinaryTranscoder
 
-CONFIG_NAME = "config.json"
 SAMPLING_FIELDS = ("num_iter", "cfg", "cfg_schedule", "gumbel", "gumbel_schedule", "order", "diffusion_steps",
                    "temperature")
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,55 +390,13 @@ class BiGR(nn.Module):
     # -- persistence ------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (weights only) into ``directory``."""
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-        with open(config_path + ".tmp", "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
-        save_file(state, weights_path + ".tmp", metadata={"format": "pt", "minibigr": "BiGR"})
-        os.replace(config_path + ".tmp", config_path)
-        os.replace(weights_path + ".tmp", weights_path)
+        save_checkpoint(self, self.config.to_dict(), directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> BiGR:
         """Load a model written by ``save_pretrained`` (in eval mode); a config that does not fit the
         weights is an error."""
-        from safetensors.torch import load_file
-
-        config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-        for path in (config_path, weights_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} not found: not a BiGR checkpoint directory")
-        try:
-            with open(config_path) as f:
-                config = BiGRConfig.from_dict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"corrupt {config_path}: {e}") from e
-        try:
-            state = load_file(weights_path)
-        except Exception as e:  # truncated or not a safetensors file
-            raise ValueError(f"cannot read {weights_path}: {e}") from e
-        model = cls(config)
-        load_exact(model, state, what=str(weights_path))
+        config, state = load_checkpoint(directory)
+        model = cls(BiGRConfig.from_dict(config))
+        load_strict(model, state, os.path.join(os.fspath(directory), WEIGHTS_NAME))
         return model.to(device).eval()
-
-
-def load_exact(model: nn.Module, state: dict[str, torch.Tensor], what: str = "weights") -> None:
-    """load_state_dict(strict=True) with one clear message naming missing / unexpected / misshaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:8]}{' ...' if len(shapes) > 8 else ''}")
-        raise ValueError(f"{what} do not match the model config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)

@@ -156,7 +156,8 @@ def load_bae(state_dict_or_path, image_size: int = 256, **overrides):
     (the weights fit any size) and decides which resolution the attention levels stand for. overrides
     set any other TokenizerConfig field (the official images are in [0,1]: image_range="unit").
     """
-    from .tokenizer import BinaryAutoencoder, TokenizerConfig, load_strict
+    from .checkpoint import load_strict
+    from .tokenizer import BinaryAutoencoder, TokenizerConfig
 
     source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
     state = _strip_bae_prefix(read_state_dict(state_dict_or_path))
@@ -280,7 +281,8 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
     one that contradicts the weights is an error. Loading is strict. The model is returned in eval mode.
     """
     from .backbone import ffn_hidden_dim
-    from .model import PRESETS, BiGR, BiGRConfig, load_exact
+    from .checkpoint import load_strict
+    from .model import PRESETS, BiGR, BiGRConfig
 
     source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
     state = _bigr_state(state_dict_or_path, entry)
@@ -301,7 +303,7 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
     if "diffusion_steps" not in overrides:          # the default S = 100 needs T >= 100
         fields["diffusion_steps"] = min(fields.get("diffusion_steps", 100), fields.get("T", 256))
     model = BiGR(BiGRConfig(**fields))
-    load_exact(model, _from_official_bigr(state), what=f"BiGR weights from {source}")
+    load_strict(model, _from_official_bigr(state), f"BiGR weights from {source}")
     return model.eval()
 
 

@@ -33,6 +33,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_write
+
 
 # ----------------------------------------------------------------------------------------------
 # Settings and per-dataset recipes
@@ -216,9 +218,7 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 def atomic_save(obj, path: Path):
     """torch.save to a temp file, then rename: readers only ever see a complete file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(str(path), lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state(generator: torch.Generator) -> dict:

@@ -188,10 +188,10 @@ def test_clear_errors():
         load_bigr(sd)
     with pytest.raises(ValueError, match=r"overrides contradict the checkpoint: dim=64 \(weights: 32\)"):
         load_bigr(sd, num_heads=2, dim=64)
-    with pytest.raises(ValueError, match=r"unexpected keys \['backbone.freqs_cis'\]"):
+    with pytest.raises(ValueError, match=r"unexpected \(1\): \['backbone.freqs_cis'\]"):
         load_bigr({**sd, "freqs_cis": torch.zeros(3)}, num_heads=2)
     broken = {k: v for k, v in sd.items() if k != "layers.1.ffn_norm.weight"}
-    with pytest.raises(ValueError, match=r"missing keys \['backbone.layers.1.ffn_norm.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing \(1\): \['backbone.layers.1.ffn_norm.weight'\]"):
         load_bigr(broken, num_heads=2)
     with pytest.raises(ValueError, match="not a BiGR state dict"):
         load_bigr({"encoder.weight": torch.zeros(2)}, num_heads=2)
