@@ -39,8 +39,9 @@ def test_import_is_light_and_never_touches_the_reference():
 
 
 def test_console_script_entry_point_is_declared():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["minibigr"] == "minibigr.cli:main"
