@@ -1,4 +1,5 @@
-"""The ``minibigr`` command: train-tokenizer, encode, train, sample, eval-tokenizer, demo.
+"""The ``minibigr`` command: train-tokenizer, encode, train, sample, eval-tokenizer, demo, the zero-shot apps
+(inpaint, outpaint, edit, interpolate, enrich), probe and evaluate.
 
 Each sub-command has ``--help`` and defaults per dataset (see ``RECIPES`` in minibigr/train.py).
 Bad arguments and missing files end with a one-line error, not a traceback.
@@ -142,6 +143,198 @@ def cmd_demo(args):
              fast=args.fast)
 
 
+def read_image_for(path: str, tokenizer, mask: bool = False) -> torch.Tensor:
+    """An image (or mask) file as (1, C, S, S) in [0, 1] at the tokenizer's size and channels (a mask:
+    (1, 1, S, S) bool, white = True). A note on stderr says when the file had to be resized or converted."""
+    import numpy as np
+    from PIL import Image
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{'mask' if mask else 'image'} file {file} not found")
+    C, S = tokenizer.config.in_channels, tokenizer.config.image_size
+    mode = "L" if mask or C == 1 else "RGB"
+    try:
+        with Image.open(file) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{file} is not a readable image ({e})") from None
+    changes = ([f"resized {image.width}x{image.height} -> {S}x{S}"] if image.size != (S, S) else []) + \
+              ([f"converted {image.mode} -> {mode}"] if image.mode != mode else [])
+    if changes:
+        wants = "masks are" if mask else f"the tokenizer takes {C}-channel"
+        print(f"note: {file}: {', '.join(changes)} ({wants} {S}x{S} images)", file=sys.stderr)
+    if mask:
+        # white (> 127) at full resolution, then a box-filtered resize: any covered part of a pixel counts
+        white = image.convert("L").point(lambda v: 255 if v > 127 else 0)
+        array = np.asarray(white.resize((S, S), Image.Resampling.BOX))
+        return torch.from_numpy(array > 0)[None, None]
+    array = np.asarray(image.convert(mode).resize((S, S), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    return torch.from_numpy(array.reshape(S, S, -1)).permute(2, 0, 1)[None].contiguous()
+
+
+def _check_label(label: int, model, what: str = "label") -> int:
+    C = model.config.num_classes
+    if not 0 <= label < C:
+        raise ValueError(f"{what} {label} is out of range: this model has classes 0..{C - 1}")
+    return label
+
+
+def _sampling(args) -> dict:
+    return {k: v for k, v in {"num_iter": args.num_iter, "cfg": args.cfg, "gumbel": args.gumbel,
+                              "order": args.order, "diffusion_steps": args.diffusion_steps}.items() if v is not None}
+
+
+def _write_pngs(result: torch.Tensor, panels: list[torch.Tensor], out: str, zoom: int) -> list[Path]:
+    """The result (1, C, H, W) as ``out`` and the panels side by side (x zoom) as ``<out>-compare.png``."""
+    from .train import save_image_grid
+
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    compare = out_path.with_name(out_path.stem + "-compare.png")
+    save_image(result[0], out_path)
+    save_image_grid(_zoom(torch.cat(panels), zoom), compare, nrow=len(panels))
+    return [out_path, compare]
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    """One image (C, H, W) in [0, 1] as a PNG of exactly H x W pixels (so it can be fed back in)."""
+    import numpy as np
+    from PIL import Image
+
+    array = (image.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+
+
+def _zoom(images: torch.Tensor, zoom: int) -> torch.Tensor:
+    if zoom < 1:
+        raise ValueError(f"--zoom must be >= 1, got {zoom}")
+    return images.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1)
+
+
+def cmd_paint(args):
+    from . import apps
+
+    device = _device(args.device)
+    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    label = _check_label(args.label, model)
+    x = read_image_for(args.image, tokenizer).to(device)
+    mask = read_image_for(args.mask, tokenizer, mask=True).to(device)
+    app = {"inpaint": apps.inpaint, "outpaint": apps.outpaint, "edit": apps.edit}[args.command]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = app(tokenizer, model, x, mask, label, generator=generator, **_sampling(args))
+    shown_mask = mask.to(x.dtype).expand_as(x)
+    paths = _write_pngs(out, [x, shown_mask, out], args.out, args.zoom)
+    print(f"{args.command} (class {label}): {paths[0]}; input | mask | result: {paths[1]}")
+
+
+def cmd_interpolate(args):
+    from . import apps
+    from .train import save_image_grid
+
+    device = _device(args.device)
+    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    y1, y2 = _check_label(args.from_label, model, "--from"), _check_label(args.to_label, model, "--to")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    alphas = torch.linspace(1, 0, args.steps).tolist()      # alpha weighs e(--from): the strip goes from -> to
+    images = apps.interpolate(tokenizer, model, y1, y2, alphas=alphas, seed=args.seed, **_sampling(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(_zoom(images, args.zoom), out, nrow=len(images))
+    print(f"class {y1} -> {y2} in {args.steps} steps: {out}")
+
+
+def cmd_enrich(args):
+    from . import apps
+
+    device = _device(args.device)
+    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    x = read_image_for(args.image, tokenizer).to(device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = apps.enrich(tokenizer, model, x, r=args.factor, generator=generator, **_sampling(args))
+    paths = _write_pngs(out, [x, out], args.out, args.zoom)
+    print(f"enrich (factor {args.factor}): {paths[0]}; input | result: {paths[1]}")
+
+
+def cmd_probe(args):
+    from .data import load_dataset
+    from .probe import format_probe, parse_layers, probe_model
+
+    device = _device(args.device)
+    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    layers = parse_layers(args.layers, model.config.n_layer)
+    train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
+    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+    t0 = time.time()
+    result = probe_model(model, tokenizer, train, test, layers, limit=args.limit, batch_size=args.batch_size,
+                         seed=args.seed, l2s=_floats(args.l2, "--l2"), max_iter=args.max_iter)
+    print(format_probe(result))
+    print(f"({time.time() - t0:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def _floats(spec: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{name} must be comma-separated numbers, got {spec!r}")
+    return values
+
+
+def cmd_evaluate(args):
+    from .data import load_dataset
+    from .evaluate import InceptionFeatures, evaluate_generator, load_or_train_classifier
+
+    device = _device(args.device)
+    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    inception = InceptionFeatures(args.inception, device) if args.inception else None
+    train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
+    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+    if getattr(train, "num_classes", model.config.num_classes) != model.config.num_classes:
+        raise ValueError(f"the model has {model.config.num_classes} classes, {args.dataset} has {train.num_classes}")
+    classifier, info = load_or_train_classifier(args.dataset, args.classifier, args.data_dir, device)
+    cc, tc = classifier.config, tokenizer.config
+    if (cc.in_channels, cc.image_size) != (tc.in_channels, tc.image_size):
+        raise ValueError(f"the classifier takes {cc.in_channels}x{cc.image_size}x{cc.image_size} images, the "
+                         f"tokenizer makes {tc.in_channels}x{tc.image_size}x{tc.image_size}")
+    if args.limit is not None:
+        train = _first(train, args.limit)
+    t0 = time.time()
+    r = evaluate_generator(model, tokenizer, train, test, classifier.extract, num_samples=args.num_samples,
+                           seed=args.seed, batch_size=args.batch_size, knn_cap=args.knn_cap,
+                           inception=inception, **_sampling(args))
+    ref, acc = r["reference"], info.get("test_accuracy")
+    print(f"{r['samples']} samples (seed {args.seed}) against {ref['train_images']} {args.dataset} train images; "
+          f"features: the {args.dataset} classifier" + (f" (test accuracy {acc:.4f})" if acc is not None else ""))
+    print(f"{'':<24}{'samples':>10}{'real test (scale)':>20}")
+    for name, ours, real in (("FD", r["fd"], ref["fd_test_vs_train"]),
+                             ("class accuracy", r["class_accuracy"], ref["class_accuracy_test"]),
+                             (f"precision (k=3, n={r['knn_points']})", r["precision"], ref["precision"]),
+                             (f"recall (k=3, n={r['knn_points']})", r["recall"], ref["recall"])):
+        print(f"{name:<24}{ours:>10.4f}{real:>20.4f}")
+    print(f"{'seconds per image':<24}{r['seconds_per_image']:>10.4f}   (sampling + decoding)")
+    if "inception" in r:
+        inc = r["inception"]
+        print(f"{'Inception-v3 FD':<24}{inc['fd']:>10.4f}{inc['fd_test_vs_train']:>20.4f}")
+        print(f"{'Inception Score':<24}{inc['inception_score']:>10.4f}{inc['inception_score_test']:>20.4f}")
+    print(f"({time.time() - t0:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**r, "classifier": info}, indent=2))
+
+
+def _first(dataset, n: int):
+    """The first n items of a dataset, keeping its fast get_batch."""
+    from .data import ArrayDataset
+
+    if not isinstance(dataset, ArrayDataset):
+        raise ValueError("--limit needs an in-memory dataset")
+    return ArrayDataset(dataset.images_uint8[:n], dataset.labels[:n], dataset.classes, dataset.source)
+
+
 def _overrides(args) -> dict:
     keys = ("steps", "batch_size", "lr", "seed", "device", "sample_every", "ckpt_every")
     found = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -156,6 +349,7 @@ def _overrides(args) -> dict:
 # Parser
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
     from .train import RECIPES
 
     p = argparse.ArgumentParser(prog="minibigr", description="BiGR: binary latent image generation, small and fast.")
@@ -228,6 +422,81 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-dir")
     sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_demo)
+
+    def add_models(sp):
+        sp.add_argument("--model", default="fashion-mnist", help="BiGR directory or shipped name")
+        sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
+        sp.add_argument("--device", default="auto")
+
+    def add_sampling(sp):
+        sp.add_argument("--num-iter", type=int, help="sampling iterations I")
+        sp.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+        sp.add_argument("--gumbel", type=float, help="Gumbel temperature of the token order")
+        sp.add_argument("--order", choices=("entropy", "confidence", "random", "raster"))
+        sp.add_argument("--diffusion-steps", type=int, help="transcoder reverse steps S")
+        sp.add_argument("--seed", type=int, default=0)
+
+    for name, text in (("inpaint", "regenerate the masked (white) region of an image"),
+                       ("outpaint", "keep the masked (white) region, regenerate the rest"),
+                       ("edit", "regenerate the masked (white) region as another class")):
+        sp = sub.add_parser(name, help=text, description=text + ". Writes OUT (the result) and "
+                            "OUT-compare.png (input | mask | result).")
+        sp.add_argument("--image", required=True, help="input image (resized / converted to the tokenizer's)")
+        sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
+        sp.add_argument("--label", type=int, required=True, help="class of the regenerated region")
+        sp.add_argument("--out", default=f"{name}.png")
+        sp.add_argument("--zoom", type=int, default=4, help="upscaling of the comparison PNG")
+        add_models(sp)
+        add_sampling(sp)
+        sp.set_defaults(func=cmd_paint)
+
+    sp = sub.add_parser("interpolate", help="a strip of images between two classes (class-embedding mix)")
+    sp.add_argument("--from", dest="from_label", type=int, required=True, help="class at the left end")
+    sp.add_argument("--to", dest="to_label", type=int, required=True, help="class at the right end")
+    sp.add_argument("--steps", type=int, default=5, help="images in the strip")
+    sp.add_argument("--out", default="interpolate.png")
+    sp.add_argument("--zoom", type=int, default=4, help="upscaling of the strip")
+    add_models(sp)
+    add_sampling(sp)
+    sp.set_defaults(func=cmd_interpolate)
+
+    sp = sub.add_parser("enrich", help="add detail to a blurry image (null class, block-wise regeneration)",
+                        description="Writes OUT (the result) and OUT-compare.png (input | result).")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--factor", type=int, default=2, help="blur factor r (must divide the token grid)")
+    sp.add_argument("--out", default="enrich.png")
+    sp.add_argument("--zoom", type=int, default=4, help="upscaling of the comparison PNG")
+    add_models(sp)
+    add_sampling(sp)
+    sp.set_defaults(func=cmd_enrich)
+
+    sp = sub.add_parser("probe", help="linear probe of the frozen features of each block vs raw pixels")
+    add_models(sp)
+    sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    sp.add_argument("--data-dir")
+    sp.add_argument("--layers", default="all", help="'all' or comma-separated blocks (0-based, e.g. 1,3)")
+    sp.add_argument("--limit", type=int, help="only the first N images of each split")
+    sp.add_argument("--batch-size", type=int, default=250)
+    sp.add_argument("--l2", default="1e-4,1e-3,1e-2", help="L2 strengths to choose from on the held-out split")
+    sp.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per fit")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the 10%% held-out split")
+    sp.add_argument("--json", help="also write the result as JSON here")
+    sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("evaluate", help="FD, class accuracy, precision / recall and speed of generated samples")
+    add_models(sp)
+    add_sampling(sp)
+    sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    sp.add_argument("--data-dir")
+    sp.add_argument("--num-samples", type=int, default=1000)
+    sp.add_argument("--batch-size", type=int, default=100, help="samples generated per chunk")
+    sp.add_argument("--classifier", help="classifier directory (default: the cache, "
+                    "~/.cache/minibigr/classifiers/<dataset>/); trained there on first use")
+    sp.add_argument("--inception", help="FID Inception-v3 weights file (pt_inception-2015-12-05)")
+    sp.add_argument("--knn-cap", type=int, default=5000, help="points per set in the k-NN precision / recall")
+    sp.add_argument("--limit", type=int, help="only the first N train images as the reference")
+    sp.add_argument("--json", help="also write the report as JSON here")
+    sp.set_defaults(func=cmd_evaluate)
     return p
 
 

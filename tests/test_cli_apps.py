@@ -1,0 +1,145 @@
+"""`minibigr inpaint | outpaint | edit | interpolate | enrich | probe | evaluate` on a tiny random model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minibigr.cli import build_parser, load_tokenizer, main, read_image_for
+from minibigr.model import BiGR, BiGRConfig
+from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
+
+APPS = ("inpaint", "outpaint", "edit", "interpolate", "enrich", "probe", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(tokenizer dir, model dir) of a tiny random pair, saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
+                                                   attn_resolutions=()))
+    model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, dim=32, n_layer=2, n_head=2, transcoder_width=32,
+                                   transcoder_blocks=1, num_iter=3, diffusion_steps=3))
+    tok.save_pretrained(root / "tokenizer")
+    model.save_pretrained(root / "model")
+    return ["--tokenizer", str(root / "tokenizer"), "--model", str(root / "model"), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """An RGB 40x48 photo-like image (needs resizing and conversion) and a white-on-black mask."""
+    root = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "in.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_app_commands_have_help(capsys):
+    for command in APPS:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([command, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: minibigr " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["inpaint", "outpaint", "edit"])
+def test_paint_commands_write_result_and_comparison(command, models, files, tmp_path, capsys):
+    out = tmp_path / "out" / f"{command}.png"
+
+    def args(image, result):
+        return [command, "--image", str(image), "--mask", str(files / "mask.png"), "--label", "3",
+                "--out", str(result), "--zoom", "2", *models]
+
+    assert main(args(files / "in.png", out)) == 0
+    captured = capsys.readouterr()
+    assert "resized 48x40 -> 32x32" in captured.err and "converted RGB -> L" in captured.err
+    result = read_png(out)
+    assert result.shape == (32, 32)          # the grey result at the tokenizer's size
+    compare = read_png(out.with_name(f"{command}-compare.png"))
+    assert compare.shape == (2 * 32 + 4, 3 * 2 * 32 + 8)
+    # the kept side is the (resized, grey) input, pixel for pixel
+    source = read_image_for(str(files / "in.png"), load_tokenizer(models[1]))[0, 0].numpy()
+    source = (source * 255).round().astype(np.uint8)
+    kept = slice(0, 16) if command == "outpaint" else slice(16, 32)
+    np.testing.assert_array_equal(result[:, kept], source[:, kept])
+    # the result has the tokenizer's size and channels, so it goes back in as it is
+    capsys.readouterr()
+    assert main(args(out, tmp_path / "again.png")) == 0 and "note:" not in capsys.readouterr().err
+
+
+def test_interpolate_and_enrich_write_pngs(models, files, tmp_path):
+    strip = tmp_path / "strip.png"
+    assert main(["interpolate", "--from", "1", "--to", "7", "--steps", "4", "--out", str(strip), "--zoom", "1",
+                 *models]) == 0
+    assert read_png(strip).shape == (36, 4 * 34 + 2)
+    out = tmp_path / "enrich.png"
+    assert main(["enrich", "--image", str(files / "in.png"), "--factor", "2", "--out", str(out), *models]) == 0
+    assert read_png(out).shape == (32, 32) and out.with_name("enrich-compare.png").exists()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("minibigr ") and "error:" in last
+    return last
+
+
+def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
+    base = ["--mask", str(files / "mask.png"), "--label", "3", "--out", str(tmp_path / "x.png"), *models]
+    assert main(["inpaint", "--image", str(tmp_path / "missing.png"), *base]) == 2
+    assert "missing.png" in one_line_error(capsys)
+    assert main(["edit", "--image", str(files / "broken.png"), *base]) == 2
+    assert "not a readable image" in one_line_error(capsys)
+    args = ["inpaint", "--image", str(files / "in.png"), "--mask", str(files / "mask.png"), "--label", "12",
+            "--out", str(tmp_path / "x.png"), *models]
+    assert main(args) == 2
+    assert "label 12 is out of range" in one_line_error(capsys)
+    assert main(["interpolate", "--from", "0", "--to", "10", *models]) == 2
+    assert "--to 10 is out of range" in one_line_error(capsys)
+    assert main(["enrich", "--image", str(files / "in.png"), "--factor", "3", *models]) == 2
+    assert "factor" in one_line_error(capsys)
+    assert main(["probe", "--layers", "7", *models]) == 2
+    assert "out of range" in one_line_error(capsys)
+    assert not (tmp_path / "x.png").exists()
+
+
+def _fashion_mnist_available() -> bool:
+    from minibigr.data import DatasetNotFound, load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test", download=False)
+    except DatasetNotFound:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _fashion_mnist_available(), reason="Fashion-MNIST files not installed")
+def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
+    from minibigr.data import load_dataset
+    from minibigr.evaluate import ClassifierConfig, ClassifierSettings, train_classifier
+
+    assert main(["probe", "--limit", "60", "--layers", "0,1", "--batch-size", "32", *models]) == 0
+    out = capsys.readouterr().out
+    assert "<- chosen" in out and "pixels" in out and "top-5" in out
+    train = load_dataset("fashion-mnist", "train")
+    clf, info = train_classifier(train, config=ClassifierConfig(width=4),
+                                 settings=ClassifierSettings(epochs=1, batch_size=32, limit=64))
+    clf.save_pretrained(tmp_path / "clf", info)
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--num-samples", "12", "--batch-size", "6", "--limit", "50", "--knn-cap", "10",
+                 "--classifier", str(tmp_path / "clf"), "--json", str(report), *models]) == 0
+    out = capsys.readouterr().out
+    for text in ("FD", "class accuracy", "precision (k=3", "recall (k=3", "seconds per image", "real test"):
+        assert text in out
+    assert report.exists()
