@@ -114,9 +114,7 @@ def cmd_sample(args):
         raise ValueError(f"labels {bad} are out of range: this model has classes 0..{C - 1}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sampling = {k: v for k, v in {"num_iter": args.num_iter, "cfg": args.cfg, "gumbel": args.gumbel,
-                                  "order": args.order, "diffusion_steps": args.diffusion_steps}.items()
-                if v is not None}
+    sampling = _sampling(args)
     t0 = time.time()
     images = sample_grid(model, tokenizer, torch.as_tensor(labels), out, per_class=args.per_class,
                          seed=args.seed, **sampling)
@@ -348,6 +346,20 @@ def _overrides(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------------------
+def add_models(sp):
+    sp.add_argument("--model", default="fashion-mnist", help="BiGR directory or shipped name")
+    sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
+    sp.add_argument("--device", default="auto")
+
+def add_sampling(sp):
+    sp.add_argument("--num-iter", type=int, help="sampling iterations I")
+    sp.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    sp.add_argument("--gumbel", type=float, help="Gumbel temperature of the token order")
+    sp.add_argument("--order", choices=("entropy", "confidence", "random", "raster"))
+    sp.add_argument("--diffusion-steps", type=int, help="transcoder reverse steps S")
+    sp.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .train import RECIPES
@@ -392,18 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("sample", help="generate images: a PNG grid (one row per class) and an .npz")
-    sp.add_argument("--model", default="fashion-mnist", help="BiGR directory or shipped name")
-    sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
+    add_models(sp)
     sp.add_argument("--labels", type=int, nargs="+", help="class labels (default: every class)")
     sp.add_argument("--per-class", type=int, default=8)
     sp.add_argument("--out", default="samples.png")
-    sp.add_argument("--num-iter", type=int, help="sampling iterations I")
-    sp.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    sp.add_argument("--gumbel", type=float, help="Gumbel temperature of the token order")
-    sp.add_argument("--order", choices=("entropy", "confidence", "random", "raster"))
-    sp.add_argument("--diffusion-steps", type=int, help="transcoder reverse steps S")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--device", default="auto")
+    add_sampling(sp)
     sp.set_defaults(func=cmd_sample)
 
     sp = sub.add_parser("eval-tokenizer", help="reconstruction PSNR and code usage of a tokenizer")
@@ -423,18 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_demo)
 
-    def add_models(sp):
-        sp.add_argument("--model", default="fashion-mnist", help="BiGR directory or shipped name")
-        sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
-        sp.add_argument("--device", default="auto")
-
-    def add_sampling(sp):
-        sp.add_argument("--num-iter", type=int, help="sampling iterations I")
-        sp.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-        sp.add_argument("--gumbel", type=float, help="Gumbel temperature of the token order")
-        sp.add_argument("--order", choices=("entropy", "confidence", "random", "raster"))
-        sp.add_argument("--diffusion-steps", type=int, help="transcoder reverse steps S")
-        sp.add_argument("--seed", type=int, default=0)
 
     for name, text in (("inpaint", "regenerate the masked (white) region of an image"),
                        ("outpaint", "keep the masked (white) region, regenerate the rest"),
