@@ -395,7 +395,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
         if lpips is not None and cfg.perceptual_weight > 0:
             rec = rec + cfg.perceptual_weight * lpips(x, recon.float()).mean()
         loss = rec + cfg.code_weight * stats["code_reg"]
-        row = {"l1": float((x - recon.float()).abs().mean())}
+        row = {"l1": (x - recon.detach().float()).abs().mean().item()}
         if gan_on:
             fake = diff_augment(recon, generator=generator) if cfg.diff_aug else recon
             disc.requires_grad_(False)
