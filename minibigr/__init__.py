@@ -15,7 +15,7 @@ _LAZY = {
     "BiGR": "model",
     "TokenizerConfig": "tokenizer",
     "BinaryAutoencoder": "tokenizer",
-    "pretrained": "pretrained",
+    "pretrained": "shipped",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -18,7 +18,8 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 def atomic_write(path: str, write) -> None:
     """write(tmp_path), then rename over path, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    # the temp name keeps the real name as its stem: torch.save names its zip archive after it
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)

@@ -23,7 +23,7 @@ KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, Run
 # ----------------------------------------------------------------------------------------------
 def load_tokenizer(spec: str, device: str = "cpu"):
     """A tokenizer from a directory (config.json + model.safetensors) or a shipped name."""
-    from .pretrained import SHIPPED, pretrained_dir
+    from .shipped import SHIPPED, pretrained_dir
     from .tokenizer import BinaryAutoencoder
 
     path = pretrained_dir(spec) / "tokenizer" if spec in SHIPPED else _model_dir(spec)
@@ -33,7 +33,7 @@ def load_tokenizer(spec: str, device: str = "cpu"):
 def load_model(spec: str, device: str = "cpu"):
     """A BiGR from a directory or a shipped name."""
     from .model import BiGR
-    from .pretrained import SHIPPED, pretrained_dir
+    from .shipped import SHIPPED, pretrained_dir
 
     path = pretrained_dir(spec) / "model" if spec in SHIPPED else _model_dir(spec)
     return BiGR.from_pretrained(path).to(device).eval()
@@ -46,7 +46,7 @@ def _model_dir(spec: str) -> Path:
         return path / "model"
     if (path / "config.json").exists():
         return path
-    from .pretrained import SHIPPED
+    from .shipped import SHIPPED
 
     raise FileNotFoundError(f"{spec!r} is neither a model directory (config.json + model.safetensors), a "
                             f"training run directory, nor a shipped model ({', '.join(SHIPPED)})")

@@ -25,7 +25,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     from . import apps
     from .data import DatasetNotFound, load_dataset
     from .evaluate import psnr
-    from .pretrained import pretrained
+    from .shipped import pretrained
     from .train import get_batch, sample_grid, save_image_grid, train_pipeline
 
     out = Path(out_dir)
