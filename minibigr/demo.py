@@ -51,8 +51,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     summary["samples"] = {"path": str(out / "samples.png"), "rows": list(FASHION_CLASSES),
                           "per_class": per_class, "seconds": round(seconds, 2),
                           "seconds_per_image": round(seconds / len(images), 4),
-                          "sampling": model.config.sampling_defaults() if hasattr(model.config, "sampling_defaults")
-                          else None}
+                          "sampling": model.config.sampling_defaults()}
 
     pairs = ((0, 3), (7, 9))                   # T-shirt -> Dress, Sneaker -> Ankle boot
     strips = [apps.interpolate(tokenizer, model, y2, y1, alphas=INTERPOLATION_ALPHAS, seed=seed) for y1, y2 in pairs]

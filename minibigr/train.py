@@ -355,8 +355,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
     ema = EMA(tokenizer, s.ema)
     opt_g = adamw([{"params": tokenizer.parameters(), "weight_decay": 0.0}], s, d.device)
     opt_d = adamw([{"params": disc.parameters(), "weight_decay": 0.0}], s, d.device)
-    for group in opt_d.param_groups:
-        group["lr"] = disc_lr or s.lr
+    disc_scale = (disc_lr or s.lr) / s.lr             # the discriminator follows the same schedule, scaled
 
     start = 0
     state = load_train_state(out)
@@ -384,9 +383,9 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
         idx = batch_indices(len(dataset), s.batch_size, step, s.seed, d.rank, d.world)
         x, _ = get_batch(dataset, idx)
         x = x.to(d.device, non_blocking=True)
-        for opt in (opt_g, opt_d):
+        for opt, scale in ((opt_g, 1.0), (opt_d, disc_scale)):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, s) * (1 if opt is opt_g else (disc_lr or s.lr) / s.lr)
+                group["lr"] = lr_at(step, s) * scale
         gan_on = step >= cfg.disc_start
 
         with autocast(d, s.amp):
