@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 # Features
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def block_features(model, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """model.features(tokens, layer) for several blocks from one backbone pass.  -> {layer: (B, d)}.
+def block_features(model, tokens: torch.Tensor, layers: Sequence[int],
+                   labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """model.features(tokens, layer, labels) for several blocks from one backbone pass.  -> {layer: (B, d)}.
 
     Forward hooks read the hidden states after each wanted block while the pass runs up to the deepest.
+    labels (B,) puts those classes in the class token instead of the null class (as model.features does).
     """
     n_layer = model.config.n_layer
     layers = sorted({layer % n_layer for layer in layers})
@@ -36,7 +38,7 @@ def block_features(model, tokens: torch.Tensor, layers: Sequence[int]) -> dict[i
     hooks = [model.backbone.layers[i].register_forward_hook(
         lambda _module, _inputs, x, i=i: out.__setitem__(i, x[:, 1:].float().mean(1))) for i in layers]
     try:
-        model.features(tokens, layer=layers[-1])
+        model.features(tokens, layer=layers[-1], labels=labels)
     finally:
         for hook in hooks:
             hook.remove()

@@ -280,14 +280,16 @@ def read_log(path: Path) -> list[dict]:
 
 
 def plot_log(log_path: Path, png_path: Path, keys: tuple[str, ...]):
-    """Loss curves (log scale) from a JSON-lines log."""
-    import matplotlib
+    """Loss curves (log scale) from a JSON-lines log.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare Figure, not through pyplot: the caller's matplotlib backend (a notebook's inline
+    one, say) is left alone and no figure stays registered anywhere.
+    """
+    from matplotlib.figure import Figure
 
     rows = read_log(log_path)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] > 0]
         if pts:
@@ -298,7 +300,6 @@ def plot_log(log_path: Path, png_path: Path, keys: tuple[str, ...]):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int):

@@ -93,6 +93,11 @@ def test_block_features_equal_model_features(tiny):
     for layer, f in feats.items():
         torch.testing.assert_close(f, tiny.features(tokens, layer=layer))
     assert not any(block._forward_hooks for block in tiny.backbone.layers)
+    labels = torch.tensor([0, 3, 1, 2, 0])
+    with_class = probe.block_features(tiny, tokens, [1, 0], labels=labels)
+    for layer, f in with_class.items():
+        torch.testing.assert_close(f, tiny.features(tokens, layer=layer, labels=labels))
+        assert not torch.allclose(f, feats[layer])         # the class token changes the features
 
 
 def test_extract_features_and_pixels_on_a_tiny_dataset(tiny):

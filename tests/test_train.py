@@ -23,6 +23,7 @@ from minibigr.train import (
     bits_to_tokens,
     encode_dataset,
     lr_at,
+    plot_log,
     tokens_to_bits,
     train_bigr,
     train_tokenizer,
@@ -92,6 +93,22 @@ def test_code_cache_round_trip(tmp_path):
     np.save(tmp_path / "codes" / "labels.npy", np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="incomplete"):
         CodeCache(tmp_path / "codes")
+
+
+def test_plot_log_writes_a_png_and_leaves_the_backend_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")                   # stands in for a notebook's inline backend
+    try:
+        (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n')
+        plot_log(tmp_path / "log.jsonl", tmp_path / "loss.png", ("loss",))
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == []
+    finally:
+        plt.switch_backend(previous)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _bigr_codes(tmp_path):
