@@ -94,30 +94,40 @@ def select(scores: np.ndarray, mask: np.ndarray, n_reveal: np.ndarray) -> np.nda
     """The n_reveal[b] highest-scoring masked tokens of each row; ties go to the lower index.
 
     scores (B, N) float64, mask (B, N) bool, n_reveal (B,) int64 -> (B, N) bool.
-    Per row, one left-to-right pass keeps the best n tokens in a list sorted by score; a token
-    enters only if strictly better than the last kept one (an equal score came earlier, so it wins).
+    Per row, one left-to-right pass over the masked tokens keeps the best n in a list sorted by
+    score; a token enters only if strictly better than the last kept one (an equal score came
+    earlier, so it wins). The masked positions are gathered first without a branch (whether a
+    token is masked is a coin flip to the branch predictor), and the list holds the kept scores
+    next to their positions, so the pass compares without indirect loads.
     """
     B, N = scores.shape
     chosen = np.zeros((B, N), dtype=np.bool_)
+    masked = np.empty(N, dtype=np.int64)
     best = np.empty(N, dtype=np.int64)
+    best_score = np.empty(N)
     for row in range(B):
         n = n_reveal[row]
+        if n <= 0:
+            continue
+        count = 0
+        for j in range(N):
+            masked[count] = j
+            count += mask[row, j]
         kept = 0
-        for j in range(N if n > 0 else 0):
-            if not mask[row, j]:
-                continue
+        for c in range(count):
+            j = masked[c]
             s = scores[row, j]
             if kept == n:
-                if not s > scores[row, best[n - 1]]:
+                if not s > best_score[n - 1]:
                     continue
                 pos = n - 1
             else:
                 pos = kept
                 kept += 1
-            while pos > 0 and scores[row, best[pos - 1]] < s:
-                best[pos] = best[pos - 1]
+            while pos > 0 and best_score[pos - 1] < s:
+                best[pos], best_score[pos] = best[pos - 1], best_score[pos - 1]
                 pos -= 1
-            best[pos] = j
+            best[pos], best_score[pos] = j, s
         for r in range(kept):
             chosen[row, best[r]] = True
     return chosen

@@ -92,12 +92,11 @@ def strided_kernel(beta: np.ndarray, t_prev: int, t: int) -> np.ndarray:
     return Q
 
 
-@njit(cache=True)
-def _posterior_one(p0: float, z_t: float, k_prev: float, b_prev: float, Q: np.ndarray) -> float:
-    """P(z_t' = 1 | z_t, p0) for one bit."""
-    z = int(z_t)
-    u_1 = (k_prev * p0 + b_prev) * Q[1, z]
-    u_0 = (k_prev * (1 - p0) + b_prev) * Q[0, z]
+@njit(inline="always")
+def _posterior_one(p0: float, like_1: float, like_0: float, k_prev: float, b_prev: float) -> float:
+    """P(z_t' = 1 | z_t, p0) for one bit, given like_v = Q[v, z_t] = Q(z_t | z_t' = v)."""
+    u_1 = (k_prev * p0 + b_prev) * like_1
+    u_0 = (k_prev * (1 - p0) + b_prev) * like_0
     return u_1 / (u_1 + u_0)
 
 
@@ -108,18 +107,24 @@ def posterior(p0: np.ndarray, z_t: np.ndarray, k_prev: float, b_prev: float, Q: 
     out = np.empty((M, K))
     for m in range(M):
         for j in range(K):
-            out[m, j] = _posterior_one(p0[m, j], z_t[m, j], k_prev, b_prev, Q)
+            z = int(z_t[m, j])
+            out[m, j] = _posterior_one(p0[m, j], Q[1, z], Q[0, z], k_prev, b_prev)
     return out
 
 
-@njit(cache=True)
-def _x0_prob(logit: float, z_t: float, temperature: float, flip: bool) -> float:
-    """P(z_0 = 1) from one logit. A flip logit says 'this bit of z_t is wrong': as a z_0 logit it is
-    l where z_t = 0 and -l where z_t = 1."""
+@njit(inline="always")
+def _x0_logit(logit: float, z_t: float, temperature: float, flip: bool) -> float:
+    """The z_0 logit. A flip logit says 'this bit of z_t is wrong': as a z_0 logit it is l where
+    z_t = 0 and -l where z_t = 1."""
     x = logit / temperature
     if flip:
         x = x * (1 - 2 * z_t)
-    e = math.exp(-abs(x))  # sigmoid(x) without overflow and without a data-dependent branch
+    return x
+
+
+@njit(inline="always")
+def _sigmoid(x: float, e: float) -> float:
+    """sigmoid(x) from e = exp(-|x|): no overflow and no data-dependent branch."""
     return (1.0 if x >= 0 else e) / (1 + e)
 
 
@@ -130,23 +135,55 @@ def x0_probs(logits: np.ndarray, z_t: np.ndarray, temperature: float, flip: bool
     out = np.empty((M, K))
     for m in range(M):
         for j in range(K):
-            out[m, j] = _x0_prob(logits[m, j], z_t[m, j], temperature, flip)
+            x = _x0_logit(logits[m, j], z_t[m, j], temperature, flip)
+            out[m, j] = _sigmoid(x, math.exp(-abs(x)))
     return out
 
 
-@njit(cache=True)
+BLOCK = 512  # bits per block of reverse_step: its buffers stay in L1
+
+
+@njit(cache=True, error_model="numpy")
 def reverse_step(logits: np.ndarray, z_t: np.ndarray, temperature: float, flip: bool, k_prev: float,
                  b_prev: float, Q: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """One move t -> t' in a single pass over the bits: p0 from the logit, the posterior, the draw.
+    """One move t -> t': p0 from the logit, the posterior, the draw; the arithmetic of x0_probs and posterior.
 
     logits, z_t, uniform (M, K) -> z_t' = [u < P(z_t' = 1 | z_t, p0)] (M, K) float {0,1}.
+
+    The move is bound by one scalar exp per bit: LLVM has no vector exp here (no SVML), and another
+    exp could move p0 by an ulp and with it a draw. So the bits, flattened, go through in blocks,
+    and everything but the exp sits in loops that LLVM vectorises: one loop for the exp argument
+    -|x|, the scalar exp loop, one loop for p0, posterior and draw. What lets those loops vectorise:
+    error_model="numpy" (no zero-division check, a branch per bit; the divisors are a nonzero
+    temperature, 1 + e >= 1 and u_1 + u_0, at least about b_t' > 0 on every move of the chain),
+    selects instead of indexing Q by z_t, the block-local index j (an index like i - start could
+    be negative to Numba, whose wraparound for that is a branch), and helpers that Numba inlines
+    itself (inline="always"): one loaded from Numba's cache would be an opaque call to LLVM.
     """
+    if z_t.shape != logits.shape or uniform.shape != logits.shape:
+        raise ValueError("logits, z_t and uniform must have the same shape (M, K)")
+    if temperature == 0:
+        raise ValueError("temperature must be nonzero")
     M, K = logits.shape
     z_prev = np.empty((M, K))
-    for m in range(M):
-        for j in range(K):
-            p0 = _x0_prob(logits[m, j], z_t[m, j], temperature, flip)
-            z_prev[m, j] = 1.0 if uniform[m, j] < _posterior_one(p0, z_t[m, j], k_prev, b_prev, Q) else 0.0
+    logit_f = np.ascontiguousarray(logits).reshape(-1)  # views, unless an input is not C-contiguous
+    z_f = np.ascontiguousarray(z_t).reshape(-1)
+    u_f = np.ascontiguousarray(uniform).reshape(-1)
+    z_prev_f = z_prev.reshape(-1)
+    q10, q11, q00, q01 = Q[1, 0], Q[1, 1], Q[0, 0], Q[0, 1]  # Q[v, z]
+    e = np.empty(BLOCK)
+    for start in range(0, M * K, BLOCK):
+        stop = min(start + BLOCK, M * K)
+        logit, z, u, out = logit_f[start:stop], z_f[start:stop], u_f[start:stop], z_prev_f[start:stop]
+        for j in range(stop - start):
+            e[j] = -abs(_x0_logit(logit[j], z[j], temperature, flip))
+        for j in range(stop - start):
+            e[j] = math.exp(e[j])
+        for j in range(stop - start):
+            p0 = _sigmoid(_x0_logit(logit[j], z[j], temperature, flip), e[j])
+            one = z[j] > 0.5
+            prob = _posterior_one(p0, q11 if one else q10, q01 if one else q00, k_prev, b_prev)
+            out[j] = 1.0 if u[j] < prob else 0.0
     return z_prev
 
 

@@ -204,6 +204,38 @@ def test_reverse_step_matches_reference(seed, name, TS, M, K, objective, tempera
     assert not rt.reverse_step(logits, z_t, temperature, flip, k[t_prev], b[t_prev], Q, at_threshold).any()
 
 
+@settings(deadline=None, max_examples=30)
+@given(seed=seeds, name=schedules, M=st.integers(1, 300), K=st.integers(1, 32), objective=objectives,
+       temperature=st.floats(0.25, 4.0), order=st.sampled_from("CF"))
+def test_reverse_step_is_x0_probs_then_posterior_then_draw(seed, name, M, K, objective, temperature, order):
+    """The blocked kernel gives exactly the bits of the unfused steps, over many blocks (up to ~20 of
+    BLOCK bits, the last one ragged) and for C- or Fortran-ordered inputs; half the uniforms sit
+    exactly at the posterior, where [u < posterior] draws 0."""
+    T = 256
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, T + 1))
+    t_prev = int(rng.integers(0, t))
+    k, b, beta = rt.bernoulli_schedule(name, T)
+    Q = rt.strided_kernel(beta, t_prev, t)
+    logits = rng.normal(size=(M, K)) * 3
+    z_t = (rng.random((M, K)) < 0.5).astype(np.float64)
+    flip = objective == "flip"
+    prob = rt.posterior(rt.x0_probs(logits, z_t, temperature, flip), z_t, k[t_prev], b[t_prev], Q)
+    u = np.where(rng.random((M, K)) < 0.5, prob, rng.random((M, K)))
+    logits, z_t, u = (np.asarray(x, order=order) for x in (logits, z_t, u))
+    z_prev = rt.reverse_step(logits, z_t, temperature, flip, k[t_prev], b[t_prev], Q, u)
+    np.testing.assert_array_equal(z_prev, (u < prob).astype(np.float64))
+
+
+def test_reverse_step_rejects_bad_input():
+    k, b, beta = rt.bernoulli_schedule("linear", 10)
+    Q, x = rt.strided_kernel(beta, 3, 5), np.zeros((4, 6))
+    with pytest.raises(ValueError, match="same shape"):
+        rt.reverse_step(x, x, 1.0, True, k[3], b[3], Q, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="temperature"):
+        rt.reverse_step(x, x, 0.0, True, k[3], b[3], Q, x)
+
+
 # ----------------------------------------------------------------------------------------------
 # The denoiser and the whole chain
 # ----------------------------------------------------------------------------------------------
