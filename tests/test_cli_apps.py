@@ -114,17 +114,7 @@ def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def _fashion_mnist_available() -> bool:
-    from minibigr.data import DatasetNotFound, load_dataset
-
-    try:
-        load_dataset("fashion-mnist", "test", download=False)
-    except DatasetNotFound:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _fashion_mnist_available(), reason="Fashion-MNIST files not installed")
+@pytest.mark.fashion_mnist
 def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
     from minibigr.data import load_dataset
     from minibigr.evaluate import ClassifierConfig, ClassifierSettings, train_classifier
