@@ -8,6 +8,7 @@ Bad arguments and missing files end with a one-line error, not a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -69,8 +70,10 @@ def cmd_train_tokenizer(args):
     from .train import RECIPES, tokenizer_settings, train_tokenizer
 
     recipe = RECIPES[args.dataset]
-    cfg = TokenizerConfig.preset(args.preset or recipe["tokenizer"],
-                                 **({"disc_start": args.disc_start} if args.disc_start is not None else {}))
+    overrides = _config_overrides(TokenizerConfig, args.set)
+    if args.disc_start is not None:
+        overrides["disc_start"] = args.disc_start
+    cfg = TokenizerConfig.preset(args.preset or recipe["tokenizer"], **overrides)
     dataset = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     settings = tokenizer_settings(args.dataset, out_dir=args.out, **_overrides(args))
     train_tokenizer(BinaryAutoencoder(cfg), dataset, settings)
@@ -93,7 +96,8 @@ def cmd_train(args):
 
     codes = CodeCache(args.codes)
     recipe = RECIPES[args.dataset]
-    cfg = BiGRConfig.preset(args.preset or recipe["model"], K=codes.K, num_tokens=codes.h * codes.w)
+    cfg = BiGRConfig.preset(args.preset or recipe["model"], K=codes.K, num_tokens=codes.h * codes.w,
+                            **_config_overrides(BiGRConfig, args.set))
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     settings = bigr_settings(args.dataset, out_dir=args.out, **_overrides(args))
     train_bigr(BiGR(cfg), codes, settings, tokenizer=tokenizer)
@@ -333,6 +337,34 @@ def _first(dataset, n: int):
     return ArrayDataset(dataset.images_uint8[:n], dataset.labels[:n], dataset.classes, dataset.source)
 
 
+def _config_overrides(cls, items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` pairs -> {field: value}, each parsed as the type of that field of ``cls``
+    (int, float, str, bool, or comma-separated ints for a tuple), e.g. ["dim=256", "n_layer=6"]."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    parsers = {"int": int, "float": float, "str": str, "bool": _bool,
+               "tuple[int, ...]": lambda v: tuple(int(x) for x in v.split(",") if x.strip())}
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"--set wants KEY=VALUE with KEY one of the {cls.__name__} fields "
+                             f"({', '.join(fields)}), got {item!r}")
+        try:
+            out[key] = parsers[fields[key]](value.strip())
+        except ValueError:
+            raise ValueError(f"--set {key}: {value!r} is not a valid {fields[key]}") from None
+    return out
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _overrides(args) -> dict:
     keys = ("steps", "batch_size", "lr", "seed", "device", "sample_every", "ckpt_every")
     found = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -371,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset", choices=sorted(RECIPES), default="fashion-mnist",
                         help="dataset (sets the default preset and training recipe)")
         sp.add_argument("--preset", help="config preset (default: the dataset's)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one field of the preset's config, e.g. --set dim=256 (repeatable)")
         sp.add_argument("--out", default=default_out, help="run directory (resumes if it holds a run)")
         sp.add_argument("--steps", type=int, help="total optimisation steps")
         sp.add_argument("--batch-size", type=int, help="global batch size")

@@ -331,6 +331,20 @@ def _settings_check(out_dir: Path, s: TrainSettings, kind: str):
     path.write_text(json.dumps(record, indent=2))
 
 
+def _config_check(out_dir: Path, config, ignore: tuple[str, ...] = ()) -> None:
+    """On resume, refuse a model config other than the one the run began with (its weights would not fit, or
+    training would silently change); fields in ``ignore`` (sampling defaults) may differ."""
+    path = out_dir / "model" / "config.json"
+    if not path.exists():
+        return
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(config.to_dict()))   # tuples -> lists
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+               if k not in ignore and old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(f"{out_dir} holds a run of another model config ({'; '.join(changed)}). "
+                         "Use another --out directory or the config it began with (same --preset / --set).")
+
+
 # ----------------------------------------------------------------------------------------------
 # Tokenizer training
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +375,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
     start = 0
     state = load_train_state(out)
     if state is not None:
+        _config_check(out, cfg)
         tokenizer.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
         ema.module.load_state_dict(state["ema"])
@@ -570,6 +585,9 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
     start = 0
     state = load_train_state(out)
     if state is not None:
+        from .model import SAMPLING_FIELDS
+
+        _config_check(out, model.config, ignore=SAMPLING_FIELDS)
         model.load_state_dict(state["model"])
         ema.module.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])

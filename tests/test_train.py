@@ -160,6 +160,40 @@ def test_resume_refuses_changed_batch_size(tmp_path):
                    TrainSettings(out_dir=str(tmp_path / "r"), batch_size=8, **s))
 
 
+def test_resume_refuses_changed_model_config_but_not_sampling_defaults(tmp_path):
+    codes = _bigr_codes(tmp_path)
+    s = TrainSettings(out_dir=str(tmp_path / "r"), steps=1, batch_size=4, lr=1e-3, device="cpu")
+    n = codes.h * codes.w
+    train_bigr(tiny_bigr(num_tokens=n), codes, s)
+    wider = BiGR(BiGRConfig(**{**tiny_bigr(num_tokens=n).config.to_dict(), "dim": 64}))
+    with pytest.raises(ValueError, match="dim: 32 -> 64"):
+        train_bigr(wider, codes, s)
+    other_cfg = BiGR(BiGRConfig(**{**tiny_bigr(num_tokens=n).config.to_dict(), "cfg": 1.5, "order": "raster"}))
+    train_bigr(other_cfg, codes, TrainSettings(**{**s.__dict__, "steps": 2}))
+    assert torch.load(tmp_path / "r" / "train_state.pt", weights_only=True)["step"] == 2
+
+
+def test_cli_train_sets_config_fields_and_guards_resume(tmp_path, capsys):
+    from minibigr.cli import main
+
+    _bigr_codes(tmp_path)
+    out = tmp_path / "cli"
+    small = ["--set", "dim=32", "--set", "n_layer=1", "--set", "n_head=2", "--set", "transcoder_width=32",
+             "--set", "use_adaLN=false"]
+    run = ["train", "--codes", str(tmp_path / "codes"), "--out", str(out), "--batch-size", "4", "--device", "cpu"]
+    assert main([*run, "--steps", "1", *small]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["dim"], config["n_layer"], config["n_head"], config["use_adaLN"]) == (32, 1, 2, False)
+    assert main([*run, "--steps", "2", *small, "--set", "dim=64"]) == 2
+    assert "dim: 32 -> 64" in capsys.readouterr().err
+    assert main([*run, "--steps", "2", *small, "--set", "cfg=1.5"]) == 0      # a sampling default may change
+    assert json.loads((out / "model" / "config.json").read_text())["cfg"] == 1.5
+    for bad, named in (("width=3", "width"), ("dim=wide", "dim"), ("use_adaLN=maybe", "use_adaLN"), ("dim", "dim")):
+        assert main([*run, "--steps", "2", "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--set" in err and named in err and "Traceback" not in err
+
+
 RUN_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
