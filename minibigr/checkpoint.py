@@ -54,16 +54,22 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> tuple[d
     for path in (cfg_path, w_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: a checkpoint directory holds {CONFIG_NAME} + {WEIGHTS_NAME}")
-    try:
-        with open(cfg_path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt checkpoint config {cfg_path}: {e}") from e
+    config = read_config(directory)
     try:
         state = load_file(w_path, device=str(map_location))
     except Exception as e:  # safetensors raises its own error types for truncated / garbled files
         raise ValueError(f"corrupt checkpoint weights {w_path}: {e}") from e
     return config, state
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The config dict of a checkpoint directory (its weights are not read); a clear error if it is corrupt."""
+    path = os.path.join(os.fspath(directory), CONFIG_NAME)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint config {path}: {e}") from e
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

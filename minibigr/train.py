@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import CONFIG_NAME, atomic_write, read_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,10 +334,9 @@ def _settings_check(out_dir: Path, s: TrainSettings, kind: str):
 def _config_check(out_dir: Path, config, ignore: tuple[str, ...] = ()) -> None:
     """On resume, refuse a model config other than the one the run began with (its weights would not fit, or
     training would silently change); fields in ``ignore`` (sampling defaults) may differ."""
-    path = out_dir / "model" / "config.json"
-    if not path.exists():
+    if not (out_dir / "model" / CONFIG_NAME).exists():
         return
-    old, new = json.loads(path.read_text()), json.loads(json.dumps(config.to_dict()))   # tuples -> lists
+    old, new = read_config(out_dir / "model"), json.loads(json.dumps(config.to_dict()))   # tuples -> lists
     changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
                if k not in ignore and old.get(k) != new.get(k)]
     if changed:
@@ -664,8 +663,8 @@ def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
 
     recipe, out = _recipe(dataset), Path(out_dir)
     images = load_dataset(dataset, "train", data_dir=data_dir)
-    saved = out / "tokenizer" / "model" / "config.json"      # a started run continues with the config it began with
-    tok_cfg = (TokenizerConfig.from_dict(json.loads(saved.read_text())) if saved.exists()
+    saved = out / "tokenizer" / "model"      # a started run continues with the config it began with
+    tok_cfg = (TokenizerConfig.from_dict(read_config(saved)) if (saved / CONFIG_NAME).exists()
                else TokenizerConfig.preset(recipe["tokenizer"]))
     tokenizer = train_tokenizer(BinaryAutoencoder(tok_cfg), images,
                                 tokenizer_settings(dataset, str(out / "tokenizer"), device=device,
