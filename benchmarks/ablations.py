@@ -1,22 +1,24 @@
 """The paper's ablations (SPEC §1.8) reproduced on Fashion-MNIST with the tiny models.
 
-    python benchmarks/ablations.py --out runs/ablations --publish     # everything: about 100 min on one core
+    python benchmarks/ablations.py --out runs/ablations --model runs/fashion-mnist/bigr/model --publish
+                                        # everything, as published (tiny-32 reference): about 100 min on one core
     python benchmarks/ablations.py --out /tmp/ablations --quick       # a smoke run in under a minute
     python benchmarks/ablations.py --out runs/ablations --only order,time
 
 Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter training):
-  order      sampling order entropy / confidence / random / raster, on the shipped model
+  order      sampling order entropy / confidence / random / raster, on the reference model (--model; default: the
+             shipped one)
   objective  transcoder objective flip / x0 / direct: a tiny-32 BiGR trained from scratch for each, same budget
              (config, steps, batch, lr, seed), on the shipped tokenizer's codes
-  bits       Bernoulli vs deterministic final bits, on the shipped model
+  bits       Bernoulli vs deterministic final bits, on the reference model
   probe      linear probe of the flip model of "objective" (conditional training) against the same model trained
-             with every label the null class (unconditional), the shipped model and raw pixels
+             with every label the null class (unconditional), the reference model and raw pixels
   time       FD against seconds per image over sampling iterations I x diffusion steps S (the paper's Figure 3)
   noise      the cheapest grid setting again with other sampling seeds: how much FD moves by chance alone
 
 Every unit of work (code cache, training, evaluated sampling setting, probe) writes its JSON into <out>/results/
 when it finishes, and a re-run reads it back instead of recomputing it; trainings resume from their checkpoints.
-<out>/settings.json pins the settings and the sampling settings in force (the shipped model's recommended ones,
+<out>/settings.json pins the settings and the sampling settings in force (the reference model's recommended ones,
 I and S as told): a re-run with other settings, or after those defaults changed, needs another --out. The end writes
 <out>/ablations.md, <out>/ablations_bars.png, <out>/ablations_time.png and <out>/summary.json; --publish copies
 the Markdown to benchmarks/ablations.md and the plots to docs/.
@@ -70,7 +72,7 @@ OBJECTIVES = ("flip", "x0", "direct")
 # from-scratch models: name -> (transcoder objective, unconditional training)
 TRAINED = {"flip": ("flip", False), "x0": ("x0", False), "direct": ("direct", False), "unconditional": ("flip", True)}
 PROBED = {"flip": "conditional (flip model of (b))", "unconditional": "unconditional (every label null)",
-          "shipped": "shipped model (5000 steps, conditional)"}
+          "shipped": "reference model (conditional)"}
 
 # SPEC §1.8: BiGR-L, ImageNet 256x256, shorter training; FID-50k, seconds per image, linear-probe top-1 (%)
 PAPER = {
@@ -87,17 +89,19 @@ PAPER = {
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Settings:
-    """Everything the results depend on besides the shipped model's sampling defaults (both pinned in
+    """Everything the results depend on besides the reference model's sampling defaults (both pinned in
     <out>/settings.json)."""
 
+    model: str | None = None                 # BiGR directory of the reference model; None = the shipped one
+
     num_samples: int = 200                   # generated images per evaluated sampling setting
-    steps: int = 2000                        # training steps of every from-scratch BiGR (the shipped one had 5000)
+    steps: int = 2000                        # training steps of every from-scratch BiGR
     batch_size: int = 64
     lr: float = 1e-3                         # peak lr: linear warmup, cosine to lr/10 (the Fashion-MNIST recipe)
     warmup: int = 60
     ema: float = 0.99                        # the recipe's 0.999 would still hold 14% of the init after 2000 steps
     seed: int = 0
-    num_iter: int | None = None              # I and S of every evaluation but the time grid; None = shipped defaults
+    num_iter: int | None = None              # I and S of every evaluation but the time grid; None = model defaults
     diffusion_steps: int | None = None
     grid_iters: tuple[int, ...] = (4, 10, 16)
     grid_steps: tuple[int, ...] = (10, 25, 50)
@@ -211,8 +215,9 @@ class Lab:
 
     @cached_property
     def pretrained(self) -> tuple:
-        """The shipped (tokenizer, model): the tokenizer serves every model, the model (a) (c) (e)."""
-        return minibigr.pretrained("fashion-mnist", device=self.device)
+        """(the shipped tokenizer, the reference model): the tokenizer serves every model, the model (a) (c) (e)."""
+        tokenizer, model = minibigr.pretrained("fashion-mnist", device=self.device)
+        return tokenizer, (BiGR.from_pretrained(self.s.model, self.device).eval() if self.s.model else model)
 
     @property
     def tokenizer(self):
@@ -224,7 +229,7 @@ class Lab:
 
     @cached_property
     def sampling(self) -> dict:
-        """The settings every evaluation samples with: the shipped model's, I and S as the settings say."""
+        """The settings every evaluation samples with: the reference model's, I and S as the settings say."""
         defaults = self.shipped.config.sampling_defaults()
         for key in ("num_iter", "diffusion_steps"):
             if getattr(self.s, key) is not None:
@@ -458,7 +463,7 @@ def order_section(res: dict) -> list[str]:
              _num(PAPER["order_seconds"].get(o))] for o in ORDERS if o in res]
     ours = {o: res[o]["fd"] for o in res}
     paper_keys = list(PAPER["order"])
-    return ["## (a) Sampling order (shipped model)", "",
+    return ["## (a) Sampling order (reference model)", "",
             *table(["order", *QUALITY, "paper FID", "paper s / image"], rows), "",
             f"Ranking by FD here: {ranking(ours, ORDERS)}; over the orders the paper reports: "
             f"{ranking(ours, paper_keys)} (paper: {ranking(PAPER['order'], paper_keys)}). The paper's raster time "
@@ -480,7 +485,7 @@ def objective_section(res: dict) -> list[str]:
 
 def bits_section(res: dict) -> list[str]:
     rows = [[k, *quality_cells(res[k]), _num(PAPER["bits"][k])] for k in ("bernoulli", "deterministic") if k in res]
-    return ["## (c) Final bits: Bernoulli draw vs threshold (shipped model)", "",
+    return ["## (c) Final bits: Bernoulli draw vs threshold (reference model)", "",
             *table(["final bits", *QUALITY, "paper FID"], rows), ""]
 
 
@@ -512,7 +517,7 @@ def time_section(res: list[dict], image_prefix: str) -> list[str]:
     cell = {(r["sampling"]["num_iter"], r["sampling"]["diffusion_steps"]): r for r in res}
     rows = [[f"I = {i}", *(f"{cell[i, s]['fd']:.2f} ({cell[i, s]['cpu_seconds_per_image']:.3f} s)"
                            if (i, s) in cell else "—" for s in steps)] for i in iters]
-    return ["## (e) FD vs time: sampling iterations I x diffusion steps S (shipped model; paper's Figure 3)", "",
+    return ["## (e) FD vs time: sampling iterations I x diffusion steps S (reference model; paper's Figure 3)", "",
             *table(["FD (CPU s / image)", *(f"S = {s}" for s in steps)], rows), "",
             f"![FD vs seconds per image]({image_prefix}ablations_time.png)", ""]
 
@@ -537,7 +542,8 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     s = meta["settings"]
     lines = ["# Ablations on Fashion-MNIST (SPEC §1.8)", "",
              f"`{meta['command']}`: {s['num_samples']} samples per setting (class-balanced, seed {s['seed']}), "
-             f"sampling with the shipped model's settings ({meta['sampling_line']}) unless a table varies one; "
+             f"reference model: {s['model'] or 'the shipped one'}; "
+             f"sampling with its settings ({meta['sampling_line']}) unless a table varies one; "
              f"from-scratch models: tiny-32, {s['steps']} steps at batch {s['batch_size']}, AdamW lr {s['lr']:g} "
              f"(warmup {s['warmup']}, cosine), EMA {s['ema']}, seed {s['seed']}, on the shipped tokenizer's codes. "
              f"{meta['machine']}; {meta['cpu_minutes']:.0f} min of process CPU time and "
@@ -594,7 +600,7 @@ def plot_time(results: list[dict], path: Path, noise: list[dict] | None = None) 
     ax.set_ylim(0, 1.15 * max(r["fd"] for r in results + (noise or [])))
     ax.set_xlabel("CPU seconds per image (1 thread)")
     ax.set_ylabel("FD (own-classifier features)")
-    ax.set_title("FD vs sampling time (shipped Fashion-MNIST model)")
+    ax.set_title("FD vs sampling time (reference model)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -613,7 +619,7 @@ def plot_bars(summary: dict, path: Path) -> None:
     if "bits" in summary:
         panels.append(("final bits", {k: v["fd"] for k, v in summary["bits"].items()}, PAPER["bits"], "FD"))
     if "probe" in summary:
-        names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "shipped", "pixels": "pixels"}
+        names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
         panels.append(("linear probe", {names[k]: 100 * v["test"]["top1"] for k, v in summary["probe"].items()},
                        {names[k]: v for k, v in PAPER["probe"].items()}, "test top-1 (%)"))
     if not panels:
@@ -679,6 +685,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True, help="output directory (results, trainings, codes, report)")
     ap.add_argument("--num-samples", type=int, help="generated images per evaluated setting (default 200)")
     ap.add_argument("--steps", type=int, help="training steps of each from-scratch model (default 2000)")
+    ap.add_argument("--model", help="BiGR directory of the reference model of (a) (c) (e) and the probe "
+                                    "(default: the shipped one)")
     ap.add_argument("--quick", action="store_true", help="tiny numbers everywhere: a smoke run in under a minute")
     ap.add_argument("--only", default=",".join(STAGES),
                     help=f"comma-separated stages to compute (others are read where present): {','.join(STAGES)}")
@@ -700,6 +708,8 @@ def settings_from(args) -> Settings:
         overrides["num_samples"] = args.num_samples
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.model is not None:
+        overrides["model"] = args.model
     return Settings(**overrides)
 
 

@@ -106,8 +106,8 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None,
     C = int(y.max()) + 1 if num_classes is None else num_classes
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
-    weight = torch.zeros(x.shape[1], C, requires_grad=True)
-    bias = torch.zeros(C, requires_grad=True)
+    weight = torch.zeros(x.shape[1], C, device=x.device, requires_grad=True)
+    bias = torch.zeros(C, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
@@ -190,12 +190,15 @@ def probe_model(model, tokenizer, train, test, layers: Sequence[int] | None = No
     """The whole probe: features of both splits (first ``limit`` images of each), the chosen block's test
     top-1 / top-5, and the same classifier on raw pixels.  Returns the linear_probe dict plus "pixels"."""
     layers = list(range(model.config.n_layer)) if layers is None else list(layers)
+    device = next(model.parameters()).device      # the classifiers are fitted where the model runs (a GPU: seconds)
     train_feats, train_y = extract_features(model, tokenizer, train, layers, batch_size, limit, "train features")
     test_feats, test_y = extract_features(model, tokenizer, test, layers, batch_size, limit, "test features")
+    train_feats, test_feats = ({k: v.to(device) for k, v in f.items()} for f in (train_feats, test_feats))
+    train_y, test_y = train_y.to(device), test_y.to(device)
     C = int(getattr(train, "num_classes", 0)) or None
     result = linear_probe(train_feats, train_y, test_feats, test_y, holdout, seed, C, **fit)
-    px_train, px_train_y = pixel_features(train, limit)
-    px_test, px_test_y = pixel_features(test, limit)
+    px_train, px_train_y = (t.to(device) for t in pixel_features(train, limit))
+    px_test, px_test_y = (t.to(device) for t in pixel_features(test, limit))
     pixels = linear_probe({"pixels": px_train}, px_train_y, {"pixels": px_test}, px_test_y, holdout, seed, C, **fit)
     result["pixels"] = {"heldout": pixels["heldout"]["pixels"], "l2": pixels["l2"], "test": pixels["test"]}
     result["train_images"], result["test_images"] = len(train_y), len(test_y)

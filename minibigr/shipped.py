@@ -8,7 +8,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 # name -> what it is; each lives in weights/<name>/{tokenizer,model}/ as config.json + model.safetensors
 SHIPPED = {
-    "fashion-mnist": "32x32 Fashion-MNIST: tiny B-AE + tiny BiGR (reproduce with `minibigr demo --train`)",
+    "fashion-mnist": "32x32 Fashion-MNIST: tiny B-AE + wide-32 BiGR (float16 on disk; how to reproduce: README)",
 }
 
 
