@@ -225,6 +225,7 @@ class Lab:
 
     @property
     def shipped(self) -> BiGR:
+        """The reference model; results keep the name "shipped" (stored result files predate --model)."""
         return self.pretrained[1]
 
     @cached_property
