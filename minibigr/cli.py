@@ -261,15 +261,16 @@ def cmd_enrich(args):
 
 def cmd_probe(args):
     from .data import load_dataset
-    from .probe import format_probe, parse_layers, probe_model
+    from .probe import format_probe, parse_layers, parse_pools, probe_model
 
     device = _device(args.device)
     tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
     layers = parse_layers(args.layers, model.config.n_layer)
+    pools = parse_pools(args.pool, model.config.num_tokens)
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
     t0 = time.time()
-    result = probe_model(model, tokenizer, train, test, layers, limit=args.limit, batch_size=args.batch_size,
+    result = probe_model(model, tokenizer, train, test, layers, pools, limit=args.limit, batch_size=args.batch_size,
                          seed=args.seed, l2s=_floats(args.l2, "--l2"), max_iter=args.max_iter)
     print(format_probe(result))
     print(f"({time.time() - t0:.0f}s)")
@@ -502,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
     sp.add_argument("--data-dir")
     sp.add_argument("--layers", default="all", help="'all' or comma-separated blocks (0-based, e.g. 1,3)")
+    sp.add_argument("--pool", default="mean,2x2", help="token poolings to choose from on the held-out split: "
+                    "'mean' (the paper's, over all tokens) and/or RxR cell means, e.g. 2x2")
     sp.add_argument("--limit", type=int, help="only the first N images of each split")
     sp.add_argument("--batch-size", type=int, default=250)
     sp.add_argument("--l2", default="1e-4,1e-3,1e-2", help="L2 strengths to choose from on the held-out split")

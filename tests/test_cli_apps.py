@@ -111,6 +111,8 @@ def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
     assert "factor" in one_line_error(capsys)
     assert main(["probe", "--layers", "7", *models]) == 2
     assert "out of range" in one_line_error(capsys)
+    assert main(["probe", "--pool", "mean,3x3", *models]) == 2
+    assert "does not split" in one_line_error(capsys)
     assert not (tmp_path / "x.png").exists()
 
 

@@ -115,5 +115,46 @@ def test_extract_features_and_pixels_on_a_tiny_dataset(tiny):
     assert px.shape == (20, 256) and torch.equal(py, y)
     result = probe.probe_model(tiny, tok, data, data, layers=[0, 2], limit=30, batch_size=16, max_iter=20)
     assert result["layer"] in (0, 2) and set(result["pixels"]) == {"heldout", "l2", "test"}
+    # one probe per pooling; the chosen one has the best held-out score, whatever its test score
+    assert set(result["pools"]) == {"mean", "2x2"}
+    best = {name: max(r["heldout"].values()) for name, r in result["pools"].items()}
+    assert best[result["pool"]] == max(best.values())
+    assert result["test"] == result["pools"][result["pool"]]["test"]
+    assert result["pools"]["2x2"]["heldout_l2"].keys() == {0, 2}
     text = probe.format_probe(result)
-    assert "chosen" in text and "pixels" in text and "top-5" in text
+    assert "chosen" in text and "pixels" in text and "top-5" in text and "2x2" in text and "mean" in text
+
+
+def test_region_pooling_averages_each_cell_of_the_token_grid():
+    h = torch.randn(3, 16, 5, generator=torch.Generator().manual_seed(0))      # a 4 x 4 grid of 5-d tokens
+    torch.testing.assert_close(probe.pool_tokens(h, 1), h.mean(1))
+    cells = probe.pool_tokens(h, 2).reshape(3, 5, 2, 2)
+    grid = h.reshape(3, 4, 4, 5)
+    torch.testing.assert_close(cells[..., 0, 1], grid[:, :2, 2:].mean((1, 2)))   # top-right cell
+    torch.testing.assert_close(cells[..., 1, 0], grid[:, 2:, :2].mean((1, 2)))   # bottom-left cell
+    fine = probe.pool_tokens(h, 4)
+    assert torch.equal(fine, h.transpose(1, 2).reshape(3, -1))                    # one token per cell
+    torch.testing.assert_close(probe.regroup(fine, 4, 2), probe.pool_tokens(h, 2))
+    torch.testing.assert_close(probe.regroup(fine, 4, 1), h.mean(1))
+    with pytest.raises(ValueError, match="square token grid"):
+        probe.pool_tokens(h, 3)
+    with pytest.raises(ValueError, match="cannot be made"):
+        probe.regroup(fine, 4, 3)
+
+
+def test_parse_pools():
+    assert probe.parse_pools("mean,2x2", 64) == [1, 2]
+    assert probe.parse_pools("4x4, mean, 2x2", 64) == [1, 2, 4]
+    for bad, message in (("2x3", "square grids"), ("avg", "square grids"), ("3x3", "does not split"),
+                         ("", "does not split")):
+        with pytest.raises(ValueError, match=message):
+            probe.parse_pools(bad, 64)
+    with pytest.raises(ValueError, match="does not split"):
+        probe.parse_pools("2x2", 8)                      # 8 tokens are no square grid
+
+
+def test_block_features_with_regions_pool_the_hidden_states(tiny):
+    tokens = torch.randint(0, 2, (4, 16, 6), generator=torch.Generator().manual_seed(2)).float()
+    mean, cells = probe.block_features(tiny, tokens, [1]), probe.block_features(tiny, tokens, [1], regions=2)
+    assert cells[1].shape == (4, 32 * 4)
+    torch.testing.assert_close(probe.regroup(cells[1], 2, 1), mean[1])
