@@ -43,10 +43,7 @@ def pool_tokens(h: torch.Tensor, regions: int = 1) -> torch.Tensor:
     if regions == 1:
         return h.mean(1)
     B, N, d = h.shape
-    side = math.isqrt(N)
-    if side * side != N or side % regions:
-        raise ValueError(f"{regions}x{regions} pooling needs a square token grid whose side it divides; "
-                         f"this model has {N} tokens")
+    side = grid_side(N, regions)
     return F.avg_pool2d(h.transpose(1, 2).reshape(B, d, side, side), side // regions).flatten(1)
 
 
@@ -60,6 +57,15 @@ def regroup(features: torch.Tensor, regions: int, coarser: int) -> torch.Tensor:
     return F.avg_pool2d(grid, regions // coarser).reshape(n, -1)
 
 
+def grid_side(num_tokens: int, regions: int) -> int:
+    """The side of the square token grid, checked to split into regions x regions equal cells."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens or side % regions:
+        raise ValueError(f"{regions}x{regions} pooling does not split {num_tokens} tokens into equal cells: "
+                         f"it needs a square token grid whose side it divides")
+    return side
+
+
 def parse_pools(spec: str, num_tokens: int) -> list[int]:
     """"mean,2x2" -> [1, 2]: the region counts per side to choose from (each must split the token grid)."""
     pools = []
@@ -71,11 +77,12 @@ def parse_pools(spec: str, num_tokens: int) -> list[int]:
             pools.append(int(rows))
         else:
             raise ValueError(f"--pool takes 'mean' and square grids like '2x2', got {name!r}")
-    side = math.isqrt(num_tokens)
-    bad = [f"{r}x{r}" for r in pools if r > 1 and (side * side != num_tokens or side % r)]
-    if bad or not pools:
-        raise ValueError(f"pooling {', '.join(bad) or spec!r} does not split this model's {num_tokens} tokens "
-                         f"into equal cells")
+    if not pools:
+        raise ValueError(f"--pool {spec!r} names no pooling, so it does not split the tokens at all: "
+                         f"give 'mean' and/or grids like '2x2'")
+    for regions in pools:
+        if regions > 1:
+            grid_side(num_tokens, regions)
     return sorted(set(pools))
 
 
