@@ -1,4 +1,4 @@
-"""The paper's ablations (SPEC §1.8) reproduced on Fashion-MNIST with the tiny models.
+"""The paper's ablations (docs/method.md §8) reproduced on Fashion-MNIST with the tiny models.
 
     python benchmarks/ablations.py --out runs/ablations --model runs/fashion-mnist/bigr/model --publish
                                         # everything, as published (tiny-32 reference): about 100 min on one core
@@ -51,18 +51,20 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import minibigr  # noqa: E402
 from minibigr.checkpoint import atomic_write  # noqa: E402
-from minibigr.data import ArrayDataset, load_dataset  # noqa: E402
-from minibigr.evaluate import (  # noqa: E402
+from minibigr.classifier import (  # noqa: E402
     Classifier,
     ClassifierSettings,
-    evaluate_generator,
     load_or_train_classifier,
-    summarize_dataset,
+    save_classifier,
     train_classifier,
 )
+from minibigr.codes import CodeCache, encode_dataset  # noqa: E402
+from minibigr.data import ArrayDataset, load_dataset  # noqa: E402
+from minibigr.evaluate import evaluate_generator, summarize_dataset  # noqa: E402
 from minibigr.model import BiGR, BiGRConfig  # noqa: E402
+from minibigr.pipeline import BiGRPipeline  # noqa: E402
 from minibigr.probe import block_features, linear_probe, pixel_features  # noqa: E402
-from minibigr.train import CodeCache, bigr_settings, encode_dataset, read_log, train_bigr  # noqa: E402
+from minibigr.train import bigr_settings, read_log, train_bigr  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("order", "objective", "bits", "probe", "time", "noise")
@@ -74,7 +76,7 @@ TRAINED = {"flip": ("flip", False), "x0": ("x0", False), "direct": ("direct", Fa
 PROBED = {"flip": "conditional (flip model of (b))", "unconditional": "unconditional (every label null)",
           "shipped": "reference model (conditional)"}
 
-# SPEC §1.8: BiGR-L, ImageNet 256x256, shorter training; FID-50k, seconds per image, linear-probe top-1 (%)
+# docs/method.md §8: BiGR-L, ImageNet 256x256, shorter training; FID-50k, seconds per image, linear-probe top-1 (%)
 PAPER = {
     "order": {"entropy": 3.17, "random": 7.12, "raster": 4.51},
     "order_seconds": {"entropy": 0.69, "raster": 8.8},
@@ -216,8 +218,8 @@ class Lab:
     @cached_property
     def pretrained(self) -> tuple:
         """(the shipped tokenizer, the reference model): the tokenizer serves every model, the model (a) (c) (e)."""
-        tokenizer, model = minibigr.pretrained("fashion-mnist", device=self.device)
-        return tokenizer, (BiGR.from_pretrained(self.s.model, self.device).eval() if self.s.model else model)
+        pipe = minibigr.pretrained("fashion-mnist", device=self.device)
+        return pipe.tokenizer, (BiGR.from_pretrained(self.s.model, self.device) if self.s.model else pipe.model)
 
     @property
     def tokenizer(self):
@@ -231,7 +233,7 @@ class Lab:
     @cached_property
     def sampling(self) -> dict:
         """The settings every evaluation samples with: the reference model's, I and S as the settings say."""
-        defaults = self.shipped.config.sampling_defaults()
+        defaults = self.shipped.config.sampling.to_dict()
         for key in ("num_iter", "diffusion_steps"):
             if getattr(self.s, key) is not None:
                 defaults[key] = getattr(self.s, key)
@@ -245,7 +247,7 @@ class Lab:
         if not (path / "config.json").exists():
             model, info = train_classifier(head(self.train, self.s.classifier_images),
                                            settings=ClassifierSettings(epochs=1, seed=self.s.seed), device=self.device)
-            model.save_pretrained(path, info)
+            save_classifier(model, path, info)
         return Classifier.from_pretrained(path, self.device)
 
     @cached_property
@@ -257,8 +259,7 @@ class Lab:
         """The shipped tokenizer's deterministic codes of the train split (or of the probe's test images)."""
         directory = self.out / f"codes-{split}"
         images = self.train if split == "train" else head(self.test, self.s.probe_test)
-        self.stage(f"codes-{split}", lambda: {"images": len(encode_dataset(self.tokenizer, images, directory,
-                                                                           device=self.device))})
+        self.stage(f"codes-{split}", lambda: {"images": len(encode_dataset(self.tokenizer, images, directory))})
         return CodeCache(directory)
 
     # -- models -----------------------------------------------------------------------------
@@ -316,8 +317,8 @@ class Lab:
 
             reference = self.reference
             cpu = time.process_time()
-            report = evaluate_generator(model, self.tokenizer, self.train, self.test, extractor, num_samples=n,
-                                        seed=seed, batch_size=self.s.sample_batch, reference=reference,
+            report = evaluate_generator(BiGRPipeline(self.tokenizer, model), self.train, self.test, extractor,
+                                        num_samples=n, seed=seed, batch_size=self.s.sample_batch, reference=reference,
                                         **sampling)
             return {**report, "cpu_seconds_per_image": (time.process_time() - cpu - spent[0]) / n,
                     "model": model_name, "sampling": sampling}
@@ -541,7 +542,7 @@ def last_invocation(minutes: float) -> str:
 def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     """The whole report; ``image_prefix`` is where the PNGs are relative to the Markdown file."""
     s = meta["settings"]
-    lines = ["# Ablations on Fashion-MNIST (SPEC §1.8)", "",
+    lines = ["# Ablations on Fashion-MNIST (docs/method.md §8)", "",
              f"`{meta['command']}`: {s['num_samples']} samples per setting (class-balanced, seed {s['seed']}), "
              f"reference model: {s['model'] or 'the shipped one'}; "
              f"sampling with its settings ({meta['sampling_line']}) unless a table varies one; "

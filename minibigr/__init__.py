@@ -1,27 +1,20 @@
 """minibigr: a small, readable and fast implementation of BiGR (binary latent image generation).
 
-    from minibigr import TokenizerConfig, BinaryAutoencoder, BiGRConfig, BiGR
+    import minibigr
+    pipe = minibigr.pretrained("fashion-mnist")         # a BiGRPipeline: pipe.tokenizer, pipe.model
+    images = pipe([0, 1, 7, 9])                         # (4, 1, 32, 32) in [0, 1]
 
-Names are resolved lazily so that ``import minibigr`` only costs torch + numpy; submodules
-(``minibigr.apps``, ``minibigr.official``, ...) import on first use.
+The method is written down in docs/method.md. ``import minibigr`` needs torch, numpy and safetensors only;
+submodules (``minibigr.apps``, ``minibigr.official``, ``minibigr.train``, ...) import on demand.
 """
 
-import importlib
+from .config import BiGRConfig
+from .model import BiGR
+from .pipeline import BiGRPipeline, pretrained
+from .sampler import SamplingConfig
+from .tokenizer import BinaryAutoencoder, TokenizerConfig
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "BiGRConfig": "model",
-    "BiGR": "model",
-    "TokenizerConfig": "tokenizer",
-    "BinaryAutoencoder": "tokenizer",
-    "pretrained": "shipped",
-}
-
-__all__ = [*_LAZY, "__version__"]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'minibigr' has no attribute {name!r}")
+__all__ = ["BiGR", "BiGRConfig", "BiGRPipeline", "BinaryAutoencoder", "SamplingConfig", "TokenizerConfig",
+           "pretrained", "__version__"]

@@ -1,4 +1,4 @@
-"""The BiGR backbone: a bidirectional Llama over [class token] + N binary tokens (SPEC §1.2).
+"""The BiGR backbone: a bidirectional Llama over [class token] + N binary tokens (docs/method.md §2).
 
     tokens (B, N, K) --Linear(K -> d)--> token embeddings (masked ones -> one learned mask vector)
     [class embedding; token embeddings] -> token dropout -> n_layer blocks -> RMSNorm
@@ -15,14 +15,12 @@ only a prefix (see minibigr.official).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from .model import BiGRConfig
+from .config import BiGRConfig
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -48,18 +46,20 @@ def rope_2d(grid: int, head_dim: int, base: float = 10000.0, n_cls: int = 1) -> 
     The first head_dim / 4 pairs turn with the row index, the last head_dim / 4 with the column
     index, each at frequencies base^(-2m / (head_dim / 2)). Tokens are in raster order. The class
     rows are all zeros (cos = sin = 0), not the identity: this zeroes the class token's query and
-    key, exactly like the authors' code, whose weights were trained with that.
+    key, exactly like the authors' code, whose weights were trained with that. The tables are computed
+    on the CPU, also inside ``with torch.device("meta")``.
     """
     if head_dim % 4:
         raise ValueError(f"2-D rotary needs head_dim divisible by 4, got {head_dim}")
     half = head_dim // 2
-    freqs = 1.0 / base ** (torch.arange(0, half, 2, dtype=torch.float32)[: half // 2] / half)  # (head_dim/4,)
-    angle = torch.outer(torch.arange(grid, dtype=torch.float32), freqs)                           # (grid, hd/4)
+    cpu = dict(dtype=torch.float32, device="cpu")
+    freqs = 1.0 / base ** (torch.arange(0, half, 2, **cpu)[: half // 2] / half)    # (head_dim/4,)
+    angle = torch.outer(torch.arange(grid, **cpu), freqs)                           # (grid, hd/4)
     grid_angle = torch.cat([
         angle[:, None, :].expand(grid, grid, -1),    # rows
         angle[None, :, :].expand(grid, grid, -1),    # columns
     ], dim=-1).flatten(0, 1)                          # (grid^2, head_dim/2)
-    cls = torch.zeros(n_cls, half)
+    cls = torch.zeros(n_cls, half, device="cpu")
     return torch.cat([cls, grid_angle.cos()]), torch.cat([cls, grid_angle.sin()])
 
 

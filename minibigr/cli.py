@@ -14,45 +14,32 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, RuntimeError)
+from . import apps
+from .classifier import load_or_train_classifier
+from .codes import CodeCache, encode_dataset
+from .config import BiGRConfig
+from .data import DATASETS, ArrayDataset, load_dataset
+from .demo import run_demo
+from .evaluate import evaluate_generator, evaluate_tokenizer
+from .images import load_image, save_image, save_image_grid, zoom
+from .inception import InceptionFeatures
+from .model import BiGR
+from .pipeline import BiGRPipeline, load_tokenizer
+from .probe import format_probe, parse_layers, parse_pools, probe_model
+from .sampler import SamplingConfig
+from .tokenizer import BinaryAutoencoder, TokenizerConfig
+from .train import RECIPES, bigr_settings, tokenizer_settings, train_bigr, train_tokenizer
+
+# bad input (arguments, files, configs) ends in one line; anything else is a bug and keeps its traceback
+KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError)
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading models by name or directory
+# Models and sampling settings from the command line
 # ----------------------------------------------------------------------------------------------
-def load_tokenizer(spec: str, device: str = "cpu"):
-    """A tokenizer from a directory (config.json + model.safetensors) or a shipped name."""
-    from .shipped import SHIPPED, pretrained_dir
-    from .tokenizer import BinaryAutoencoder
-
-    path = pretrained_dir(spec) / "tokenizer" if spec in SHIPPED else _model_dir(spec)
-    return BinaryAutoencoder.from_pretrained(path).to(device).eval()
-
-
-def load_model(spec: str, device: str = "cpu"):
-    """A BiGR from a directory or a shipped name."""
-    from .model import BiGR
-    from .shipped import SHIPPED, pretrained_dir
-
-    path = pretrained_dir(spec) / "model" if spec in SHIPPED else _model_dir(spec)
-    return BiGR.from_pretrained(path).to(device).eval()
-
-
-def _model_dir(spec: str) -> Path:
-    """Accept either the weights directory or a training run directory holding ``model/``."""
-    path = Path(spec)
-    if (path / "model" / "config.json").exists():
-        return path / "model"
-    if (path / "config.json").exists():
-        return path
-    from .shipped import SHIPPED
-
-    raise FileNotFoundError(f"{spec!r} is neither a model directory (config.json + model.safetensors), a "
-                            f"training run directory, nor a shipped model ({', '.join(SHIPPED)})")
-
-
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,67 +48,78 @@ def _device(name: str) -> str:
     return name
 
 
+def load_pipeline(args) -> BiGRPipeline:
+    """The pipeline that --model (and --tokenizer, --device) name."""
+    return BiGRPipeline.from_pretrained(args.model, _device(args.device), tokenizer=args.tokenizer)
+
+
+def add_sampling(sp) -> None:
+    """One flag per SamplingConfig field (--num-iter, --cfg, ...), help from the field; unset = the model's."""
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    group = sp.add_argument_group("sampling (default: the model's recommended settings)")
+    for f in dataclasses.fields(SamplingConfig):
+        flag, choices = "--" + f.name.replace("_", "-"), f.metadata["choices"]
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            group.add_argument(flag, type=kind, choices=choices, help=f.metadata["help"])
+
+
+def sampling_overrides(args) -> dict:
+    """The sampling flags that were given, as keyword arguments of generate / the pipeline."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def _generator(args) -> torch.Generator:
+    return torch.Generator(device=_device(args.device)).manual_seed(args.seed)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sub-commands
 # ----------------------------------------------------------------------------------------------
 def cmd_train_tokenizer(args):
-    from .data import load_dataset
-    from .tokenizer import BinaryAutoencoder, TokenizerConfig
-    from .train import RECIPES, tokenizer_settings, train_tokenizer
-
     recipe = RECIPES[args.dataset]
     overrides = _config_overrides(TokenizerConfig, args.set)
     if args.disc_start is not None:
         overrides["disc_start"] = args.disc_start
-    cfg = TokenizerConfig.preset(args.preset or recipe["tokenizer"], **overrides)
+    config = TokenizerConfig.preset(args.preset or recipe["tokenizer"], **overrides)
     dataset = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     settings = tokenizer_settings(args.dataset, out_dir=args.out, **_overrides(args))
-    train_tokenizer(BinaryAutoencoder(cfg), dataset, settings)
+    train_tokenizer(BinaryAutoencoder(config), dataset, settings)
     print(f"tokenizer saved to {Path(args.out) / 'model'}")
 
 
 def cmd_encode(args):
-    from .data import load_dataset
-    from .train import encode_dataset
-
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer, _device(args.device))
     dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
-    cache = encode_dataset(tokenizer, dataset, args.out, batch_size=args.batch_size, device=_device(args.device))
+    cache = encode_dataset(tokenizer, dataset, args.out, batch_size=args.batch_size)
     print(f"{len(cache)} images -> {cache.h}x{cache.w} tokens of K={cache.K} bits in {args.out}")
 
 
 def cmd_train(args):
-    from .model import BiGR, BiGRConfig
-    from .train import RECIPES, CodeCache, bigr_settings, train_bigr
-
     codes = CodeCache(args.codes)
     recipe = RECIPES[args.dataset]
-    cfg = BiGRConfig.preset(args.preset or recipe["model"], K=codes.K, num_tokens=codes.h * codes.w,
-                            **_config_overrides(BiGRConfig, args.set))
+    config = BiGRConfig.preset(args.preset or recipe["model"], K=codes.K, num_tokens=codes.h * codes.w,
+                               **_config_overrides(BiGRConfig, args.set))
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     settings = bigr_settings(args.dataset, out_dir=args.out, **_overrides(args))
-    train_bigr(BiGR(cfg), codes, settings, tokenizer=tokenizer)
-    print(f"model saved to {Path(args.out) / 'model'}")
+    train_bigr(BiGR(config), codes, settings, tokenizer=tokenizer)
+    print(f"model saved to {Path(args.out) / 'model'}" + (f" (with its tokenizer: `--model {args.out}` loads both)"
+                                                         if tokenizer is not None else ""))
 
 
 def cmd_sample(args):
-    import numpy as np
-
-    from .train import sample_grid
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
-    C = model.config.num_classes
-    labels = list(range(C)) if args.labels is None else args.labels
-    bad = [y for y in labels if not 0 <= y < C]
-    if bad:
-        raise ValueError(f"labels {bad} are out of range: this model has classes 0..{C - 1}")
+    pipe = load_pipeline(args)
+    C = pipe.model.config.num_classes
+    labels = list(range(C)) if args.labels is None else [_check_label(y, pipe) for y in args.labels]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sampling = _sampling(args)
     t0 = time.time()
-    images = sample_grid(model, tokenizer, torch.as_tensor(labels), out, per_class=args.per_class,
-                         seed=args.seed, **sampling)
+    images = pipe(torch.tensor(labels).repeat_interleave(args.per_class), generator=_generator(args),
+                  **sampling_overrides(args))
+    save_image_grid(images, out, nrow=args.per_class)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, images=(images.cpu().numpy() * 255).round().astype(np.uint8),
                         labels=np.repeat(labels, args.per_class))
@@ -129,9 +127,6 @@ def cmd_sample(args):
 
 
 def cmd_eval_tokenizer(args):
-    from .data import load_dataset
-    from .evaluate import evaluate_tokenizer
-
     tokenizer = load_tokenizer(args.tokenizer, _device(args.device))
     dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
     report = evaluate_tokenizer(tokenizer, dataset, limit=args.limit)
@@ -139,138 +134,71 @@ def cmd_eval_tokenizer(args):
 
 
 def cmd_demo(args):
-    from .demo import run_demo
-
     run_demo(out_dir=args.out, train=args.train, device=_device(args.device), data_dir=args.data_dir,
              fast=args.fast)
 
 
-def read_image_for(path: str, tokenizer, mask: bool = False) -> torch.Tensor:
-    """An image (or mask) file as (1, C, S, S) in [0, 1] at the tokenizer's size and channels (a mask:
-    (1, 1, S, S) bool, white = True). A note on stderr says when the file had to be resized or converted."""
-    import numpy as np
-    from PIL import Image
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{'mask' if mask else 'image'} file {file} not found")
-    C, S = tokenizer.config.in_channels, tokenizer.config.image_size
-    mode = "L" if mask or C == 1 else "RGB"
-    try:
-        with Image.open(file) as image:
-            image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{file} is not a readable image ({e})") from None
-    changes = ([f"resized {image.width}x{image.height} -> {S}x{S}"] if image.size != (S, S) else []) + \
-              ([f"converted {image.mode} -> {mode}"] if image.mode != mode else [])
-    if changes:
-        wants = "masks are" if mask else f"the tokenizer takes {C}-channel"
-        print(f"note: {file}: {', '.join(changes)} ({wants} {S}x{S} images)", file=sys.stderr)
-    if mask:
-        # white (> 127) at full resolution, then a box-filtered resize: any covered part of a pixel counts
-        white = image.convert("L").point(lambda v: 255 if v > 127 else 0)
-        array = np.asarray(white.resize((S, S), Image.Resampling.BOX))
-        return torch.from_numpy(array > 0)[None, None]
-    array = np.asarray(image.convert(mode).resize((S, S), Image.Resampling.BICUBIC), dtype=np.float32) / 255
-    return torch.from_numpy(array.reshape(S, S, -1)).permute(2, 0, 1)[None].contiguous()
-
-
-def _check_label(label: int, model, what: str = "label") -> int:
-    C = model.config.num_classes
+def _check_label(label: int, pipe: BiGRPipeline, what: str = "label") -> int:
+    C = pipe.model.config.num_classes
     if not 0 <= label < C:
         raise ValueError(f"{what} {label} is out of range: this model has classes 0..{C - 1}")
     return label
 
 
-def _sampling(args) -> dict:
-    return {k: v for k, v in {"num_iter": args.num_iter, "cfg": args.cfg, "gumbel": args.gumbel,
-                              "order": args.order, "diffusion_steps": args.diffusion_steps}.items() if v is not None}
+def _read_image(path: str, pipe: BiGRPipeline, mask: bool = False) -> torch.Tensor:
+    config = pipe.tokenizer.config
+    return load_image(path, config.in_channels, config.image_size, mask=mask).to(pipe.device)
 
 
-def _write_pngs(result: torch.Tensor, panels: list[torch.Tensor], out: str, zoom: int) -> list[Path]:
-    """The result (1, C, H, W) as ``out`` and the panels side by side (x zoom) as ``<out>-compare.png``."""
-    from .train import save_image_grid
-
+def _write_pngs(result: torch.Tensor, panels: list[torch.Tensor], out: str, factor: int) -> list[Path]:
+    """The result (1, C, H, W) as ``out`` and the panels side by side (x factor) as ``<out>-compare.png``."""
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     compare = out_path.with_name(out_path.stem + "-compare.png")
     save_image(result[0], out_path)
-    save_image_grid(_zoom(torch.cat(panels), zoom), compare, nrow=len(panels))
+    save_image_grid(zoom(torch.cat(panels), factor), compare, nrow=len(panels))
     return [out_path, compare]
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """One image (C, H, W) in [0, 1] as a PNG of exactly H x W pixels (so it can be fed back in)."""
-    import numpy as np
-    from PIL import Image
-
-    array = (image.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-
-
-def _zoom(images: torch.Tensor, zoom: int) -> torch.Tensor:
-    if zoom < 1:
-        raise ValueError(f"--zoom must be >= 1, got {zoom}")
-    return images.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1)
-
-
 def cmd_paint(args):
-    from . import apps
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
-    label = _check_label(args.label, model)
-    x = read_image_for(args.image, tokenizer).to(device)
-    mask = read_image_for(args.mask, tokenizer, mask=True).to(device)
+    pipe = load_pipeline(args)
+    label = _check_label(args.label, pipe)
+    x, mask = _read_image(args.image, pipe), _read_image(args.mask, pipe, mask=True)
     app = {"inpaint": apps.inpaint, "outpaint": apps.outpaint, "edit": apps.edit}[args.command]
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    out = app(tokenizer, model, x, mask, label, generator=generator, **_sampling(args))
-    shown_mask = mask.to(x.dtype).expand_as(x)
-    paths = _write_pngs(out, [x, shown_mask, out], args.out, args.zoom)
+    out = app(pipe, x, mask, label, generator=_generator(args), **sampling_overrides(args))
+    paths = _write_pngs(out, [x, mask.to(x.dtype).expand_as(x), out], args.out, args.zoom)
     print(f"{args.command} (class {label}): {paths[0]}; input | mask | result: {paths[1]}")
 
 
 def cmd_interpolate(args):
-    from . import apps
-    from .train import save_image_grid
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
-    y1, y2 = _check_label(args.from_label, model, "--from"), _check_label(args.to_label, model, "--to")
+    pipe = load_pipeline(args)
+    y1, y2 = _check_label(args.from_label, pipe, "--from"), _check_label(args.to_label, pipe, "--to")
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     alphas = torch.linspace(1, 0, args.steps).tolist()      # alpha weighs e(--from): the strip goes from -> to
-    images = apps.interpolate(tokenizer, model, y1, y2, alphas=alphas, seed=args.seed, **_sampling(args))
+    images = apps.interpolate(pipe, y1, y2, alphas=alphas, generator=_generator(args), **sampling_overrides(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(_zoom(images, args.zoom), out, nrow=len(images))
+    save_image_grid(zoom(images, args.zoom), out, nrow=len(images))
     print(f"class {y1} -> {y2} in {args.steps} steps: {out}")
 
 
 def cmd_enrich(args):
-    from . import apps
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
-    x = read_image_for(args.image, tokenizer).to(device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    out = apps.enrich(tokenizer, model, x, r=args.factor, generator=generator, **_sampling(args))
+    pipe = load_pipeline(args)
+    x = _read_image(args.image, pipe)
+    out = apps.enrich(pipe, x, r=args.factor, generator=_generator(args), **sampling_overrides(args))
     paths = _write_pngs(out, [x, out], args.out, args.zoom)
     print(f"enrich (factor {args.factor}): {paths[0]}; input | result: {paths[1]}")
 
 
 def cmd_probe(args):
-    from .data import load_dataset
-    from .probe import format_probe, parse_layers, parse_pools, probe_model
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
-    layers = parse_layers(args.layers, model.config.n_layer)
-    pools = parse_pools(args.pool, model.config.num_tokens)
+    pipe = load_pipeline(args)
+    layers = parse_layers(args.layers, pipe.model.config.n_layer)
+    pools = parse_pools(args.pool, pipe.model.config.num_tokens)
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
     t0 = time.time()
-    result = probe_model(model, tokenizer, train, test, layers, pools, limit=args.limit, batch_size=args.batch_size,
+    result = probe_model(pipe, train, test, layers, pools, limit=args.limit, batch_size=args.batch_size,
                          seed=args.seed, l2s=_floats(args.l2, "--l2"), max_iter=args.max_iter)
     print(format_probe(result))
     print(f"({time.time() - t0:.0f}s)")
@@ -289,27 +217,24 @@ def _floats(spec: str, name: str) -> list[float]:
 
 
 def cmd_evaluate(args):
-    from .data import load_dataset
-    from .evaluate import InceptionFeatures, evaluate_generator, load_or_train_classifier
-
-    device = _device(args.device)
-    tokenizer, model = load_tokenizer(args.tokenizer, device), load_model(args.model, device)
+    pipe = load_pipeline(args)
+    device, C = pipe.device, pipe.model.config.num_classes
     inception = InceptionFeatures(args.inception, device) if args.inception else None
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
-    if getattr(train, "num_classes", model.config.num_classes) != model.config.num_classes:
-        raise ValueError(f"the model has {model.config.num_classes} classes, {args.dataset} has {train.num_classes}")
+    if getattr(train, "num_classes", C) != C:
+        raise ValueError(f"the model has {C} classes, {args.dataset} has {train.num_classes}")
     classifier, info = load_or_train_classifier(args.dataset, args.classifier, args.data_dir, device)
-    cc, tc = classifier.config, tokenizer.config
+    cc, tc = classifier.config, pipe.tokenizer.config
     if (cc.in_channels, cc.image_size) != (tc.in_channels, tc.image_size):
         raise ValueError(f"the classifier takes {cc.in_channels}x{cc.image_size}x{cc.image_size} images, the "
                          f"tokenizer makes {tc.in_channels}x{tc.image_size}x{tc.image_size}")
     if args.limit is not None:
         train = _first(train, args.limit)
     t0 = time.time()
-    r = evaluate_generator(model, tokenizer, train, test, classifier.extract, num_samples=args.num_samples,
-                           seed=args.seed, batch_size=args.batch_size, knn_cap=args.knn_cap,
-                           inception=inception, **_sampling(args))
+    r = evaluate_generator(pipe, train, test, classifier.extract, num_samples=args.num_samples, seed=args.seed,
+                           batch_size=args.batch_size, knn_cap=args.knn_cap, inception=inception,
+                           **sampling_overrides(args))
     ref, acc = r["reference"], info.get("test_accuracy")
     print(f"{r['samples']} samples (seed {args.seed}) against {ref['train_images']} {args.dataset} train images; "
           f"features: the {args.dataset} classifier" + (f" (test accuracy {acc:.4f})" if acc is not None else ""))
@@ -331,8 +256,6 @@ def cmd_evaluate(args):
 
 def _first(dataset, n: int):
     """The first n items of a dataset, keeping its fast get_batch."""
-    from .data import ArrayDataset
-
     if not isinstance(dataset, ArrayDataset):
         raise ValueError("--limit needs an in-memory dataset")
     return ArrayDataset(dataset.images_uint8[:n], dataset.labels[:n], dataset.classes, dataset.source)
@@ -340,10 +263,11 @@ def _first(dataset, n: int):
 
 def _config_overrides(cls, items: list[str] | None) -> dict:
     """``--set KEY=VALUE`` pairs -> {field: value}, each parsed as the type of that field of ``cls``
-    (int, float, str, bool, or comma-separated ints for a tuple), e.g. ["dim=256", "n_layer=6"]."""
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    parsers = {"int": int, "float": float, "str": str, "bool": _bool,
-               "tuple[int, ...]": lambda v: tuple(int(x) for x in v.split(",") if x.strip())}
+    (int, float, str, bool, or comma-separated ints for a tuple), e.g. ["dim=256", "n_layer=6"]. The
+    sampling settings of a BiGRConfig are ``sampling.NAME``, e.g. "sampling.cfg=2"."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls) if f.type in PARSERS}
+    if cls is BiGRConfig:
+        fields |= {f"sampling.{f.name}": f.type for f in dataclasses.fields(SamplingConfig)}
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
@@ -352,9 +276,11 @@ def _config_overrides(cls, items: list[str] | None) -> dict:
             raise ValueError(f"--set wants KEY=VALUE with KEY one of the {cls.__name__} fields "
                              f"({', '.join(fields)}), got {item!r}")
         try:
-            out[key] = parsers[fields[key]](value.strip())
+            parsed = PARSERS[fields[key]](value.strip())
         except ValueError:
             raise ValueError(f"--set {key}: {value!r} is not a valid {fields[key]}") from None
+        group, _, name = key.rpartition(".")
+        (out.setdefault(group, {}) if group else out)[name] = parsed
     return out
 
 
@@ -364,6 +290,10 @@ def _bool(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(value)
+
+
+PARSERS = {"int": int, "float": float, "str": str, "bool": _bool,
+           "tuple[int, ...]": lambda v: tuple(int(x) for x in v.split(",") if x.strip())}
 
 
 def _overrides(args) -> dict:
@@ -380,23 +310,13 @@ def _overrides(args) -> dict:
 # Parser
 # ----------------------------------------------------------------------------------------------
 def add_models(sp):
-    sp.add_argument("--model", default="fashion-mnist", help="BiGR directory or shipped name")
-    sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
+    sp.add_argument("--model", default="fashion-mnist",
+                    help="shipped name, or a directory holding tokenizer/ and model/ (a `minibigr train` run)")
+    sp.add_argument("--tokenizer", help="the tokenizer's directory, when --model holds no tokenizer/")
     sp.add_argument("--device", default="auto")
-
-def add_sampling(sp):
-    sp.add_argument("--num-iter", type=int, help="sampling iterations I")
-    sp.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    sp.add_argument("--gumbel", type=float, help="Gumbel temperature of the token order")
-    sp.add_argument("--order", choices=("entropy", "confidence", "random", "raster"))
-    sp.add_argument("--diffusion-steps", type=int, help="transcoder reverse steps S")
-    sp.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .train import RECIPES
-
     p = argparse.ArgumentParser(prog="minibigr", description="BiGR: binary latent image generation, small and fast.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

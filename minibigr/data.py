@@ -1,9 +1,10 @@
-"""Datasets (SPEC §4): Fashion-MNIST, CIFAR-10, ImageNet 64x64, a folder of class folders, synthetic shapes.
+"""Datasets (docs/method.md §10): Fashion-MNIST, CIFAR-10, ImageNet 64x64, a folder of class folders, synthetic shapes.
 
 Every dataset yields ``(image, label)``: a float32 tensor in [0, 1] of shape (C, H, W) and an int.
 The file-backed sets (and shapes) keep all images in RAM as one uint8 array ``images_uint8``
 (N, C, H, W) and convert to float only per item, or per batch with ``get_batch(indices)``, which a
-training loop can call directly instead of paying a DataLoader's per-item overhead.
+training loop can call directly instead of paying a DataLoader's per-item overhead. ``batch_indices``
+makes a training run's data order a pure function of (seed, step); ``iterate_batches`` walks a dataset.
 
 Data is looked for in ``data_dir``, then ``$MINIBIGR_DATA``, then the cache dir
 (``$XDG_CACHE_HOME/minibigr`` or ``~/.cache/minibigr``), then (Fashion-MNIST) the Debian package's
@@ -27,7 +28,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 
 class DatasetError(Exception):
@@ -87,6 +89,43 @@ SHA256 = {
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET64_TRAIN_BATCHES = 10
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches: a training run's data order is a pure function of (seed, step)
+# ----------------------------------------------------------------------------------------------------------
+def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's sample indices for global step ``step``.
+
+    Each epoch is a fresh permutation seeded by (seed, epoch); the last incomplete batch is dropped.
+    The global batch is split into ``world`` contiguous shards.
+    """
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} is not divisible by the number of processes {world}")
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"dataset of {n} samples is smaller than one batch of {batch_size}")
+    epoch, b = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    batch = perm[b * batch_size:(b + 1) * batch_size]
+    shard = batch_size // world
+    return batch[rank * shard:(rank + 1) * shard]
+
+
+def get_batch(dataset, indices: torch.Tensor):
+    """(inputs, labels) for a list of indices; uses the dataset's fast batched path when it has one."""
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+
+
+def iterate_batches(dataset, order: torch.Tensor, batch_size: int, desc: str | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of the items ``order`` (n,) in that order, with a progress bar when desc is set."""
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, dynamic_ncols=True,
+                      leave=False):
+        yield get_batch(dataset, order[start:start + batch_size])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,8 +328,6 @@ def download(url: str, dest: str | os.PathLike, sha256: str) -> Path:
     The bytes go to a temp file beside dest, renamed into place once verified, so dest is either
     absent or complete; a failed or mismatched download leaves nothing behind.
     """
-    from tqdm import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")

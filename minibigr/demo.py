@@ -15,6 +15,13 @@ from pathlib import Path
 
 import torch
 
+from . import apps
+from .data import DatasetNotFound, get_batch, load_dataset
+from .evaluate import psnr
+from .images import save_image_grid
+from .pipeline import pretrained
+from .train import train_pipeline
+
 INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -22,12 +29,6 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", data_dir=None, fast: bool = False,
              per_class: int = 8, seed: int = 0) -> dict:
-    from . import apps
-    from .data import DatasetNotFound, load_dataset
-    from .evaluate import psnr
-    from .shipped import pretrained
-    from .train import get_batch, sample_grid, save_image_grid, train_pipeline
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"device": device, "cpu": platform.processor() or platform.machine(),
@@ -35,27 +36,31 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     t0 = time.time()
     if train:
         overrides = ({"steps": 1500}, {"steps": 2500}) if fast else ({}, {})
-        tokenizer, model = train_pipeline("fashion-mnist", out / "train", data_dir=data_dir, device=device,
-                                          tokenizer_overrides=overrides[0], bigr_overrides=overrides[1])
+        pipe = train_pipeline("fashion-mnist", out / "train", data_dir=data_dir, device=device,
+                              tokenizer_overrides=overrides[0], bigr_overrides=overrides[1])
         summary["trained_in_s"] = round(time.time() - t0, 1)
         summary["weights"] = str(out / "train")
     else:
-        tokenizer, model = pretrained("fashion-mnist", device=device)
+        pipe = pretrained("fashion-mnist")
         summary["weights"] = "shipped (minibigr.pretrained('fashion-mnist'))"
-    tokenizer, model = tokenizer.to(device).eval(), model.to(device).eval()
+    pipe.to(device)
+
+    def seeded() -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed)
 
     t1 = time.time()
-    labels = torch.arange(model.config.num_classes)
-    images = sample_grid(model, tokenizer, labels, out / "samples.png", per_class=per_class, seed=seed)
+    labels = torch.arange(pipe.model.config.num_classes).repeat_interleave(per_class)
+    images = pipe(labels, generator=seeded())
+    save_image_grid(images, out / "samples.png", nrow=per_class)
     seconds = time.time() - t1
     summary["samples"] = {"path": str(out / "samples.png"), "rows": list(FASHION_CLASSES),
                           "per_class": per_class, "seconds": round(seconds, 2),
                           "seconds_per_image": round(seconds / len(images), 4),
-                          "sampling": model.config.sampling_defaults()}
+                          "sampling": pipe.model.config.sampling.to_dict()}
 
     pairs = ((0, 3), (7, 9))                   # T-shirt -> Dress, Sneaker -> Ankle boot
-    strips = [apps.interpolate(tokenizer, model, y2, y1, alphas=INTERPOLATION_ALPHAS, seed=seed) for y1, y2 in pairs]
-    save_image_grid(torch.cat(strips).cpu(), out / "interpolation.png", nrow=len(INTERPOLATION_ALPHAS))
+    strips = [apps.interpolate(pipe, y2, y1, alphas=INTERPOLATION_ALPHAS, generator=seeded()) for y1, y2 in pairs]
+    save_image_grid(torch.cat(strips), out / "interpolation.png", nrow=len(INTERPOLATION_ALPHAS))
     summary["interpolation"] = {"path": str(out / "interpolation.png"), "alphas": list(INTERPOLATION_ALPHAS),
                                 "rows": [f"{FASHION_CLASSES[a]} -> {FASHION_CLASSES[b]}" for a, b in pairs]}
 
@@ -65,18 +70,16 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
         summary["reconstructions"] = summary["inpainting"] = f"skipped: {e}"
     else:
         x, y = get_batch(test, torch.arange(16))
-        x, y = x.to(device), y.to(device)
-        with torch.no_grad():
-            recon = tokenizer.decode(tokenizer.encode(x, deterministic=True))
-        save_image_grid(torch.cat([x, recon]).cpu(), out / "reconstructions.png", nrow=16)
+        recon = pipe.decode(pipe.encode(x))
+        save_image_grid(torch.cat([x, recon.cpu()]), out / "reconstructions.png", nrow=16)
         summary["reconstructions"] = {"path": str(out / "reconstructions.png"),
-                                      "psnr_db": round(float(psnr(x, recon).mean()), 2)}
+                                      "psnr_db": round(float(psnr(x, recon.cpu()).mean()), 2)}
         # inpainting: the bottom half of each image is regenerated from the top half and the label
         x, y = x[:8], y[:8]
         mask = torch.zeros_like(x, dtype=torch.bool)
         mask[..., x.shape[-2] // 2:, :] = True
-        filled = apps.inpaint(tokenizer, model, x, mask, y, generator=torch.Generator(device=device).manual_seed(seed))
-        save_image_grid(torch.cat([x, x.masked_fill(mask, 0.5), filled]).cpu(), out / "inpainting.png", nrow=8)
+        filled = apps.inpaint(pipe, x, mask, y, generator=seeded())
+        save_image_grid(torch.cat([x, x.masked_fill(mask, 0.5), filled.cpu()]), out / "inpainting.png", nrow=8)
         summary["inpainting"] = {"path": str(out / "inpainting.png"),
                                  "rows": ["original", "bottom half masked", "inpainted with the true label"]}
 

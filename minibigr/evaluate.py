@@ -5,33 +5,26 @@
                                   fixed memory from any number of feature batches
     precision_recall              k-NN manifold precision / recall (Kynkaenniemi et al. 2019, k = 3)
     inception_score               exp E_x KL(p(y|x) || p(y))
-    Classifier                    a small CNN trained on a dataset's train split: its pooled features feed
-                                  FD and precision / recall, its predictions give the class accuracy of samples
-    InceptionFeatures             the FID Inception-v3 (2048-d pool features, 1008-way logits) from the
-                                  standard pt_inception weights file the user has; no downloads
-    evaluate_generator            all of the above for a BiGR model, in chunks, deterministic under a seed
+    evaluate_generator            all of the above for a BiGRPipeline, in chunks, deterministic under a seed
 
 A feature extractor is any callable images (B, C, H, W) in [0, 1] -> (features (B, d), logits (B, L) or
-None). Everything streams: samples are generated and featurised in chunks and only running sums are kept,
+None): the dataset's small CNN (minibigr.classifier, ``Classifier.extract``) or the FID Inception-v3
+(minibigr.inception). Everything streams: samples are generated and featurised in chunks and only running sums are kept,
 except for precision / recall, whose k-NN step works on the first ``knn_cap`` features of each set.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
+from .data import iterate_batches
+from .pipeline import BiGRPipeline
 from .quantizer import code_usage
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -84,19 +77,16 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer, dataset, batch_size: int = 500, limit: int | None = None) -> dict:
     """Mean PSNR / SSIM of deterministic reconstructions and code-usage statistics over a dataset."""
-    from .train import get_batch
-
     device = next(tokenizer.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
     psnrs, ssims, codes = [], [], []
-    for start in tqdm(range(0, n, batch_size), desc="eval tokenizer", dynamic_ncols=True):
-        x, _ = get_batch(dataset, torch.arange(start, min(n, start + batch_size)))
+    for x, _ in iterate_batches(dataset, torch.arange(n), batch_size, desc="eval tokenizer"):
         x = x.to(device)
-        bits = tokenizer.encode(x, deterministic=True)
-        recon = tokenizer.decode(bits)
+        tokens = tokenizer.encode_tokens(x, deterministic=True)                      # (B, N, K)
+        recon = tokenizer.decode_tokens(tokens)
         psnrs.append(psnr(x, recon).cpu())
         ssims.append(ssim(x, recon).cpu())
-        codes.append(bits.transpose(1, -1).reshape(-1, bits.shape[1]).cpu())
+        codes.append(tokens.flatten(0, 1).cpu())
     values, similarity = torch.cat(psnrs), torch.cat(ssims)
     return {"images": n, "psnr_db": round(float(values.mean()), 3), "psnr_db_std": round(float(values.std()), 3),
             "ssim": round(float(similarity.mean()), 4), "code_usage": code_usage(torch.cat(codes))}
@@ -213,345 +203,6 @@ def inception_score(logits: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# A small CNN classifier as the offline feature extractor
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class ClassifierConfig:
-    in_channels: int = 1
-    image_size: int = 32
-    num_classes: int = 10
-    width: int = 32              # channels of the first stage; features are 4 * width wide
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClassifierConfig:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig fields {unknown}")
-        return cls(**d)
-
-
-def _conv(c_in: int, c_out: int) -> list[nn.Module]:
-    # BatchNorm: without it this small net needs several times more epochs to reach the same accuracy
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-
-class Classifier(nn.Module):
-    """Three conv stages (w, 2w, 4w channels; conv-BatchNorm-ReLU, max-pooled between) -> global average
-    pool = the features (B, 4w) -> Linear -> class logits. Images in [0, 1]."""
-
-    def __init__(self, config: ClassifierConfig):
-        super().__init__()
-        self.config = config
-        c, w = config.in_channels, config.width
-        self.body = nn.Sequential(*_conv(c, w), *_conv(w, w), nn.MaxPool2d(2),
-                                  *_conv(w, 2 * w), *_conv(2 * w, 2 * w), nn.MaxPool2d(2),
-                                  *_conv(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4 * w, config.num_classes)
-
-    def _check(self, images: torch.Tensor) -> None:
-        c, s = self.config.in_channels, self.config.image_size
-        if images.dim() != 4 or images.shape[1:] != (c, s, s):
-            raise ValueError(f"the classifier takes images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> pooled features (B, 4w)."""
-        self._check(images)
-        return self.body(images * 2 - 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
-
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The feature-extractor interface: (features (B, 4w), logits (B, C))."""
-        feats = self.features(images.to(self.head.weight.device))
-        return feats, self.head(feats)
-
-    def save_pretrained(self, directory, info: dict | None = None) -> None:
-        """config.json + model.safetensors, and info.json (dataset, training settings, test accuracy)."""
-        from .checkpoint import save_checkpoint
-
-        save_checkpoint(self, self.config.to_dict(), directory)
-        if info is not None:
-            (Path(directory) / "info.json").write_text(json.dumps(info, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, directory, device: str | torch.device = "cpu") -> Classifier:
-        from .checkpoint import WEIGHTS_NAME, load_checkpoint, load_strict
-
-        config, state = load_checkpoint(directory)
-        model = cls(ClassifierConfig.from_dict(config))
-        load_strict(model, state, os.path.join(os.fspath(directory), WEIGHTS_NAME))
-        return model.to(device).eval()
-
-
-@dataclass
-class ClassifierSettings:
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    limit: int | None = None     # train on the first N images only (tests)
-
-
-def _batches(dataset, order: torch.Tensor, batch_size: int, desc: str | None = None
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) batches of the items ``order`` (B,), with a progress bar when desc is set."""
-    from .train import get_batch
-
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, dynamic_ncols=True,
-                      leave=False):
-        yield get_batch(dataset, order[start:start + batch_size])
-
-
-def train_classifier(train, test=None, config: ClassifierConfig | None = None,
-                     settings: ClassifierSettings | None = None, device: str | torch.device = "cpu"
-                     ) -> tuple[Classifier, dict]:
-    """Train the CNN on a dataset (AdamW, cosine learning rate, seeded data order and initialisation).
-
-    Returns (classifier in eval mode, info) with info holding the settings and, if ``test`` is given, its
-    test accuracy.
-    """
-    from .train import get_batch
-
-    s = settings or ClassifierSettings()
-    x0, _ = get_batch(train, torch.arange(1))
-    if config is None:
-        config = ClassifierConfig(in_channels=x0.shape[1], image_size=x0.shape[-1],
-                                  num_classes=int(getattr(train, "num_classes", 10)))
-    with torch.random.fork_rng(devices=[]):      # a seeded initialisation that leaves the global RNG alone
-        torch.manual_seed(s.seed)
-        model = Classifier(config)
-    model.to(device).train()
-    n = len(train) if s.limit is None else min(s.limit, len(train))
-    steps_per_epoch = max(1, n // s.batch_size)
-    total = s.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
-    generator = torch.Generator().manual_seed(s.seed)
-    bar = tqdm(total=total, desc="train classifier", dynamic_ncols=True)
-    for _ in range(s.epochs):
-        perm = torch.randperm(n, generator=generator)[:steps_per_epoch * s.batch_size]
-        for x, y in _batches(train, perm, s.batch_size):
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
-    info = {"settings": dataclasses.asdict(s), "train_images": n}
-    if test is not None:
-        info["test_accuracy"] = classifier_accuracy(model, test)
-    return model, info
-
-
-@torch.no_grad()
-def classifier_accuracy(model: Classifier, dataset, batch_size: int = 500, limit: int | None = None) -> float:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    correct = 0
-    for x, y in _batches(dataset, torch.arange(n), batch_size):
-        correct += int((model.extract(x)[1].argmax(-1).cpu() == y).sum())
-    return correct / n
-
-
-def classifier_dir(dataset: str) -> Path:
-    """Where the classifier of ``dataset`` is cached: <cache>/classifiers/<dataset>/ (see minibigr.data.cache_dir)."""
-    from .data import cache_dir
-
-    return cache_dir() / "classifiers" / dataset
-
-
-def load_or_train_classifier(dataset: str, path=None, data_dir=None, device: str | torch.device = "cpu",
-                             settings: ClassifierSettings | None = None) -> tuple[Classifier, dict]:
-    """The classifier in ``path`` (default: the cache dir of ``dataset``); trained on the dataset's train
-    split and saved there first if it is not there yet.  Returns (classifier, info)."""
-    from .data import load_dataset
-
-    path = Path(path) if path is not None else classifier_dir(dataset)
-    if (path / "config.json").exists():
-        info_path = path / "info.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        return Classifier.from_pretrained(path, device), info
-    train, test = load_dataset(dataset, "train", data_dir=data_dir), load_dataset(dataset, "test", data_dir=data_dir)
-    model, info = train_classifier(train, test, settings=settings, device=device)
-    info["dataset"] = dataset
-    model.save_pretrained(path, info)
-    return model, info
-
-
-# ----------------------------------------------------------------------------------------------
-# Inception-v3 (the FID network), from a weights file the user provides
-# ----------------------------------------------------------------------------------------------
-class ConvBN(nn.Module):
-    """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU; the unit every Inception branch is made of."""
-
-    def __init__(self, c_in: int, c_out: int, kernel, stride: int = 1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=1e-3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
-def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """3x3 stride-1 average pool that, like TensorFlow's, ignores the zero padding."""
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-class InceptionA(nn.Module):
-    def __init__(self, c_in: int, pool_features: int):
-        super().__init__()
-        self.branch1x1 = ConvBN(c_in, 64, 1)
-        self.branch5x5_1, self.branch5x5_2 = ConvBN(c_in, 48, 1), ConvBN(48, 64, 5, padding=2)
-        self.branch3x3dbl_1 = ConvBN(c_in, 64, 1)
-        self.branch3x3dbl_2, self.branch3x3dbl_3 = ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, padding=1)
-        self.branch_pool = ConvBN(c_in, pool_features, 1)
-
-    def forward(self, x):
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(_tf_avg_pool(x))], 1)
-
-
-class InceptionB(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3 = ConvBN(c_in, 384, 3, stride=2)
-        self.branch3x3dbl_1 = ConvBN(c_in, 64, 1)
-        self.branch3x3dbl_2, self.branch3x3dbl_3 = ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, stride=2)
-
-    def forward(self, x):
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionC(nn.Module):
-    def __init__(self, c_in: int, c7: int):
-        super().__init__()
-        row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
-        self.branch1x1 = ConvBN(c_in, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = ConvBN(c_in, c7, 1), ConvBN(c7, c7, **row), \
-            ConvBN(c7, 192, **col)
-        self.branch7x7dbl_1 = ConvBN(c_in, c7, 1)
-        self.branch7x7dbl_2, self.branch7x7dbl_3 = ConvBN(c7, c7, **col), ConvBN(c7, c7, **row)
-        self.branch7x7dbl_4, self.branch7x7dbl_5 = ConvBN(c7, c7, **col), ConvBN(c7, 192, **row)
-        self.branch_pool = ConvBN(c_in, 192, 1)
-
-    def forward(self, x):
-        dbl = self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))
-        return torch.cat([self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-                          self.branch7x7dbl_5(self.branch7x7dbl_4(dbl)), self.branch_pool(_tf_avg_pool(x))], 1)
-
-
-class InceptionD(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3_1, self.branch3x3_2 = ConvBN(c_in, 192, 1), ConvBN(192, 320, 3, stride=2)
-        self.branch7x7x3_1 = ConvBN(c_in, 192, 1)
-        self.branch7x7x3_2 = ConvBN(192, 192, (1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = ConvBN(192, 192, (7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = ConvBN(192, 192, 3, stride=2)
-
-    def forward(self, x):
-        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionE(nn.Module):
-    """The last two blocks; the FID network pools the second one's pool branch with a max, not a mean."""
-
-    def __init__(self, c_in: int, max_pool: bool = False):
-        super().__init__()
-        row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
-        self.max_pool = max_pool
-        self.branch1x1 = ConvBN(c_in, 320, 1)
-        self.branch3x3_1 = ConvBN(c_in, 384, 1)
-        self.branch3x3_2a, self.branch3x3_2b = ConvBN(384, 384, **row), ConvBN(384, 384, **col)
-        self.branch3x3dbl_1, self.branch3x3dbl_2 = ConvBN(c_in, 448, 1), ConvBN(448, 384, 3, padding=1)
-        self.branch3x3dbl_3a, self.branch3x3dbl_3b = ConvBN(384, 384, **row), ConvBN(384, 384, **col)
-        self.branch_pool = ConvBN(c_in, 192, 1)
-
-    def forward(self, x):
-        b3 = self.branch3x3_1(x)
-        dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _tf_avg_pool(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                          self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl), self.branch_pool(pooled)], 1)
-
-
-class InceptionV3(nn.Module):
-    """The FID Inception-v3 (TensorFlow's 2015-12-05 graph as ported by pytorch-fid; parameter names as
-    in its pt_inception-2015-12-05 state dict). forward: images (B, 3, H, W) in [0, 1], resized to
-    299 x 299 bilinearly -> (pool features (B, 2048), logits (B, 1008))."""
-
-    def __init__(self):
-        super().__init__()
-        self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2)
-        self.Conv2d_2a_3x3 = ConvBN(32, 32, 3)
-        self.Conv2d_2b_3x3 = ConvBN(32, 64, 3, padding=1)
-        self.Conv2d_3b_1x1 = ConvBN(64, 80, 1)
-        self.Conv2d_4a_3x3 = ConvBN(80, 192, 3)
-        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = InceptionA(192, 32), InceptionA(256, 64), InceptionA(288, 64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b, self.Mixed_6c = InceptionC(768, 128), InceptionC(768, 160)
-        self.Mixed_6d, self.Mixed_6e = InceptionC(768, 160), InceptionC(768, 192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b, self.Mixed_7c = InceptionE(1280), InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
-        x = F.max_pool2d(x, 3, stride=2)
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
-        pool = x.mean((2, 3))
-        return pool, self.fc(pool)
-
-
-class InceptionFeatures:
-    """Feature extractor from the FID Inception-v3 weights file (pt_inception-2015-12-05-6726825d.pth, the
-    one pytorch-fid uses; never downloaded here): images -> (2048-d pool features, 1008-way logits).
-    Grey images are repeated to 3 channels; images go through in chunks of ``chunk``."""
-
-    def __init__(self, weights_path, device: str | torch.device = "cpu", chunk: int = 50):
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Inception weights file {path} not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, truncated, or holding more than tensors
-            raise ValueError(f"{path} is not a readable Inception weights file ({e})") from None
-        net = InceptionV3()
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict")
-        for key, value in net.state_dict().items():   # older ports carry no BatchNorm step counters
-            if key.endswith("num_batches_tracked"):
-                state.setdefault(key, value)
-        from .checkpoint import load_strict
-
-        load_strict(net, state, str(path))
-        self.net, self.chunk = net.to(device).eval(), chunk
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.net.parameters()).device
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        feats, logits = zip(*(self.net(x.to(device)) for x in images.split(self.chunk)), strict=True)
-        return torch.cat(feats), torch.cat(logits)
-
-
-# ----------------------------------------------------------------------------------------------
 # Streaming evaluation
 # ----------------------------------------------------------------------------------------------
 class FeatureSummary:
@@ -599,27 +250,23 @@ def summarize_dataset(extractor: Extractor, dataset, limit: int | None = None, b
     (the first ``knn_cap``) is a random sample of the set."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    return summarize(extractor, _batches(dataset, order, batch_size, desc), knn_cap)
+    return summarize(extractor, iterate_batches(dataset, order, batch_size, desc), knn_cap)
 
 
 @torch.no_grad()
-def generate_batches(model, tokenizer, num_samples: int, batch_size: int = 100, seed: int = 0,
-                     timer: list | None = None, **sampling) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def generate_batches(pipe: BiGRPipeline, num_samples: int, batch_size: int = 100,
+                     generator: torch.Generator | None = None, timer: list | None = None,
+                     **sampling) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Class-balanced samples (label i mod C for sample i) in chunks of ``batch_size``: (images, labels).
 
-    One generator seeded with ``seed`` drives every chunk, so the samples are a function of
-    (seed, batch_size). Seconds spent sampling and decoding (not featurising) are appended to ``timer``.
+    One generator drives every chunk, so the samples are a function of its seed and batch_size. Seconds
+    spent sampling and decoding (not featurising) are appended to ``timer``.
     """
-    from .train import tokens_to_bits
-
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    labels = torch.arange(num_samples, device=device) % model.config.num_classes
-    h, w = tokenizer.grid_size
+    labels = torch.arange(num_samples, device=pipe.device) % pipe.model.config.num_classes
     for start in tqdm(range(0, num_samples, batch_size), desc="sample", dynamic_ncols=True, leave=False):
         t0 = time.perf_counter()
         y = labels[start:start + batch_size]
-        images = tokenizer.decode(tokens_to_bits(model.generate(y, generator=generator, **sampling), h, w))
+        images = pipe(y, generator=generator, **sampling)
         if images.is_cuda:
             torch.cuda.synchronize()
         if timer is not None:
@@ -636,12 +283,14 @@ def compare(generated: FeatureSummary, reference: FeatureSummary, k: int = 3) ->
 
 
 @torch.no_grad()
-def evaluate_generator(model, tokenizer, train, test, extractor: Extractor, num_samples: int = 1000, seed: int = 0,
-                       batch_size: int = 100, knn_cap: int = 5000, reference: FeatureSummary | None = None,
-                       inception: Extractor | None = None, **sampling) -> dict:
-    """Sample quality of ``model`` + ``tokenizer`` under ``extractor`` (the dataset classifier's .extract).
+def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, num_samples: int = 1000,
+                       seed: int = 0, batch_size: int = 100, knn_cap: int = 5000,
+                       reference: FeatureSummary | None = None, inception: Extractor | None = None,
+                       **sampling) -> dict:
+    """Sample quality of a pipeline under ``extractor`` (the dataset classifier's .extract).
 
-    Generated samples (class-balanced, seeded) are compared with the train split: FD, class accuracy (the
+    ``seed`` fixes the samples (a generator seeded with it draws every chunk) and the real images' order.
+    Generated samples (class-balanced) are compared with the train split: FD, class accuracy (the
     classifier's prediction = the conditioning label), precision / recall (k-NN on the first ``knn_cap``
     features of each set), seconds per image. The same numbers for ``num_samples`` real test images (at
     most the whole test split) against the train split give the scale under "reference": FD is biased
@@ -652,7 +301,8 @@ def evaluate_generator(model, tokenizer, train, test, extractor: Extractor, num_
     real = summarize_dataset(extractor, test, limit=num_samples, knn_cap=knn_cap, seed=seed, desc="featurise test")
     timer: list[float] = []
     fake = [FeatureSummary(knn_cap), FeatureSummary(0)]
-    for x, y in generate_batches(model, tokenizer, num_samples, batch_size, seed, timer, **sampling):
+    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    for x, y in generate_batches(pipe, num_samples, batch_size, generator, timer, **sampling):
         fake[0].add(*extractor(x), y)
         if inception is not None:
             fake[1].add(*inception(x))

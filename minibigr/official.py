@@ -1,4 +1,4 @@
-"""Load the authors' published checkpoints (github.com/haoosz/BiGR) into minibigr modules (SPEC §4).
+"""Load the authors' published checkpoints (github.com/haoosz/BiGR) into minibigr modules (docs/method.md §10).
 
 Every size is read off the tensor shapes; only what shapes cannot tell (number of heads, image
 size) is an argument. Loading is exact: the same inputs give the same outputs as the authors' code.
@@ -11,35 +11,13 @@ import os
 
 import torch
 
-
-def read_state_dict(source, entry: str | None = None) -> dict[str, torch.Tensor]:
-    """A state dict from a path (``.pt`` / ``.th`` / ``.safetensors``) or a dict already in memory.
-
-    ``entry`` picks a sub-dict such as "model" or "ema" when the file holds several.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # corrupt, truncated, or not a tensors-only file
-                raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    elif isinstance(source, dict):
-        state = source
-    else:
-        raise TypeError(f"expected a path or a state dict, got {type(source).__name__}")
-    if entry is not None:
-        if entry not in state:
-            raise KeyError(f"checkpoint has no {entry!r} entry; it has {sorted(state)[:10]}")
-        state = state[entry]
-    return state
-
+from .backbone import ffn_hidden_dim
+from .checkpoint import load_strict, read_state_dict
+from .config import PRESETS, BiGRConfig
+from .model import BiGR
+from .sampler import SamplingConfig
+from .tokenizer import BinaryAutoencoder, TokenizerConfig
+from .transcoder import SCHEDULES, bernoulli_schedule
 
 # ----------------------------------------------------------------------------------------------
 # B-AE tokenizer (`.th` files; keys prefixed "ae.")
@@ -156,9 +134,6 @@ def load_bae(state_dict_or_path, image_size: int = 256, **overrides):
     (the weights fit any size) and decides which resolution the attention levels stand for. overrides
     set any other TokenizerConfig field (the official images are in [0,1]: image_range="unit").
     """
-    from .checkpoint import load_strict
-    from .tokenizer import BinaryAutoencoder, TokenizerConfig
-
     source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
     state = _strip_bae_prefix(read_state_dict(state_dict_or_path))
     state = {k: v for k, v in state.items() if not k.startswith(BAE_LOGSIGMA)}
@@ -216,8 +191,6 @@ def _count_indices(state: dict, prefix: str) -> int:
 
 def _bigr_schedule(k_final: torch.Tensor) -> tuple[int, str]:
     """T and the name of the noise schedule whose k_t the checkpoint's ``k_final`` (length T + 1) holds."""
-    from .transcoder import SCHEDULES, bernoulli_schedule
-
     T = k_final.numel() - 1
     for name in SCHEDULES:
         k, _, _ = bernoulli_schedule(name, T)
@@ -228,8 +201,6 @@ def _bigr_schedule(k_final: torch.Tensor) -> tuple[int, str]:
 
 def infer_bigr_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
     """BiGRConfig fields read off an official BiGR state dict's shapes (every size but the heads)."""
-    from .backbone import ffn_hidden_dim
-
     def need(key: str) -> torch.Tensor:
         if key not in state:
             raise ValueError(f"not a BiGR state dict: no {key!r} (first keys: {sorted(state)[:5]})")
@@ -277,13 +248,10 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
 
     Every size is read off the weights (entry "ema" when present, else "model"); only the number of
     heads cannot be, and defaults to the published model of that width (1024 -> 16, 1280 -> 20,
-    1536 -> 24). overrides set other BiGRConfig fields (sampling settings, dropouts, objective);
+    1536 -> 24). overrides set other BiGRConfig fields (dropouts, objective, ``sampling=`` a dict or a
+    SamplingConfig of the settings to change);
     one that contradicts the weights is an error. Loading is strict. The model is returned in eval mode.
     """
-    from .backbone import ffn_hidden_dim
-    from .checkpoint import load_strict
-    from .model import PRESETS, BiGR, BiGRConfig
-
     source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
     state = _bigr_state(state_dict_or_path, entry)
     if not any(k.startswith(BIGR_DENOISER) for k in state):      # only the diffusion_processor copy was kept
@@ -300,9 +268,11 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
     published = next((p for p in PRESETS.values() if p["dim"] == inferred["dim"] and p["n_layer"] == inferred["n_layer"]
                       and p["transcoder_blocks"] == inferred["transcoder_blocks"]), {})
     fields = {**published, **inferred, **overrides}
-    if "diffusion_steps" not in overrides:          # the default S = 100 needs T >= 100
-        fields["diffusion_steps"] = min(fields.get("diffusion_steps", 100), fields.get("T", 256))
-    model = BiGR(BiGRConfig(**fields))
+    asked = overrides.get("sampling", {})
+    sampling = {**published.get("sampling", {}), **(asked.to_dict() if isinstance(asked, SamplingConfig) else asked)}
+    if "diffusion_steps" not in sampling:           # the default S = 100 needs T >= 100
+        sampling["diffusion_steps"] = min(SamplingConfig.diffusion_steps, fields.get("T", 256))
+    model = BiGR(BiGRConfig(**{**fields, "sampling": sampling}))
     load_strict(model, _from_official_bigr(state), f"BiGR weights from {source}")
     return model.eval()
 
@@ -313,8 +283,6 @@ def to_official_bigr(model, with_duplicates: bool = True) -> dict[str, torch.Ten
     with_duplicates adds the ``diffusion_processor`` copy of the denoiser and the schedule buffers
     (k_final, b_final, beta, cumbeta; float32, length T + 1) that the authors' module also holds.
     """
-    from .transcoder import bernoulli_schedule
-
     cfg = model.config
     if cfg.objective == "direct":
         raise ValueError("the 'direct' objective has no official counterpart (no Bernoulli denoiser)")

@@ -1,6 +1,6 @@
-"""Linear probe of BiGR representations (SPEC §1.6).
+"""Linear probe of BiGR representations (docs/method.md §6).
 
-    feats, labels = extract_features(model, tokenizer, dataset, layers)   # frozen features per block
+    feats, labels = extract_features(pipe, dataset, layers)               # frozen features per block
     result = linear_probe(train_feats, train_labels, test_feats, test_labels)
 
 The features of a block are BiGR.features(tokens, layer): the backbone on an image's unmasked tokens
@@ -15,7 +15,7 @@ the probe tries "RxR": the mean over each cell of an R x R split of the token gr
 (R^2 d features). Why: the global mean throws away where things are, which a linear classifier on pixels
 keeps; on small aligned images (Fashion-MNIST: 8 x 8 tokens, d = 256) the 2 x 2 cells hold that coarse
 layout in 1024 numbers, as many as the pixel baseline's 32 x 32. The paper's pooling is always reported too, so
-numbers stay comparable with SPEC §1.8.
+numbers stay comparable with the paper's (docs/method.md §8).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .data import get_batch, iterate_batches
+from .pipeline import BiGRPipeline
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,23 +116,18 @@ def block_features(model, tokens: torch.Tensor, layers: Sequence[int], labels: t
 
 
 @torch.no_grad()
-def extract_features(model, tokenizer, dataset, layers: Sequence[int], batch_size: int = 250,
+def extract_features(pipe: BiGRPipeline, dataset, layers: Sequence[int], batch_size: int = 250,
                      limit: int | None = None, desc: str = "features",
                      regions: int = 1) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Frozen features of the first ``limit`` images of ``dataset`` at every block in ``layers``.
 
     Returns ({layer: (n, d * regions^2) float32 on the CPU}, labels (n,)).
     """
-    from .train import bits_to_tokens, get_batch
-
-    device = next(model.parameters()).device
     n = len(dataset) if limit is None else min(limit, len(dataset))
     feats: dict[int, list[torch.Tensor]] = {}
     labels = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, dynamic_ncols=True, leave=False):
-        x, y = get_batch(dataset, torch.arange(start, min(n, start + batch_size)))
-        tokens = bits_to_tokens(tokenizer.encode(x.to(device), deterministic=True))
-        for layer, f in block_features(model, tokens, layers, regions=regions).items():
+    for x, y in iterate_batches(dataset, torch.arange(n), batch_size, desc=desc):
+        for layer, f in block_features(pipe.model, pipe.encode(x), layers, regions=regions).items():
             feats.setdefault(layer, []).append(f.cpu())
         labels.append(torch.as_tensor(y))
     return {layer: torch.cat(f) for layer, f in feats.items()}, torch.cat(labels)
@@ -137,8 +135,6 @@ def extract_features(model, tokenizer, dataset, layers: Sequence[int], batch_siz
 
 def pixel_features(dataset, limit: int | None = None, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw pixels as features: ((n, C*H*W), labels (n,))."""
-    from .train import get_batch
-
     n = len(dataset) if limit is None else min(limit, len(dataset))
     xs, ys = zip(*(get_batch(dataset, torch.arange(s, min(n, s + batch_size))) for s in range(0, n, batch_size)),
                  strict=True)
@@ -254,7 +250,7 @@ def parse_layers(spec: str, n_layer: int) -> list[int]:
     return sorted({i % n_layer for i in layers})
 
 
-def probe_model(model, tokenizer, train, test, layers: Sequence[int] | None = None, pools: Sequence[int] = (1, 2),
+def probe_model(pipe: BiGRPipeline, train, test, layers: Sequence[int] | None = None, pools: Sequence[int] = (1, 2),
                 limit: int | None = None, batch_size: int = 250, holdout: float = 0.1, seed: int = 0, **fit) -> dict:
     """The whole probe: features of both splits (first ``limit`` images of each), one linear_probe per
     pooling (region counts per side, 1 = the paper's mean), the pooling whose best block scores highest
@@ -263,12 +259,12 @@ def probe_model(model, tokenizer, train, test, layers: Sequence[int] | None = No
     Returns the chosen pooling's linear_probe dict plus "pool" (its name), "pools" ({name: linear_probe
     dict} for every pooling, the paper's "mean" among them when asked for) and "pixels".
     """
-    layers = list(range(model.config.n_layer)) if layers is None else list(layers)
+    layers = list(range(pipe.model.config.n_layer)) if layers is None else list(layers)
     pools = sorted(set(pools))
     fine = math.lcm(*pools)                       # extract once at the finest grid, average cells for the others
-    device = next(model.parameters()).device      # the classifiers are fitted where the model runs (a GPU: seconds)
-    train_feats, train_y = extract_features(model, tokenizer, train, layers, batch_size, limit, "train features", fine)
-    test_feats, test_y = extract_features(model, tokenizer, test, layers, batch_size, limit, "test features", fine)
+    device = pipe.device                          # the classifiers are fitted where the model runs (a GPU: seconds)
+    train_feats, train_y = extract_features(pipe, train, layers, batch_size, limit, "train features", fine)
+    test_feats, test_y = extract_features(pipe, test, layers, batch_size, limit, "test features", fine)
     train_y, test_y = train_y.to(device), test_y.to(device)
     C = int(getattr(train, "num_classes", 0)) or None
     results = {}

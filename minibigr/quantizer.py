@@ -1,4 +1,4 @@
-"""Binary quantizer of the B-AE tokenizer (SPEC §1.1).
+"""Binary quantizer of the B-AE tokenizer (docs/method.md §1.1).
 
 An encoder feature map becomes K independent Bernoulli probabilities per token,
 p = sigmoid(conv1x1(h)); the code is z ~ Bernoulli(p) while training (or [p > 1/2]

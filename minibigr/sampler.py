@@ -1,17 +1,21 @@
-"""Entropy-ordered sampling (SPEC §1.5): reveal the most certain tokens first.
+"""Entropy-ordered sampling (docs/method.md §5): reveal the most certain tokens first.
 
 All N tokens start masked. At step i = 1..I a predictor gives p (B, N, K) for every token; each
 still-masked token is scored by its certainty, the scores are perturbed with Gumbel noise, and the
 best tokens are revealed (bits ~ Bernoulli(p)) until only floor(n * cos(pi/2 * i/I)) stay masked.
 Tokens that are given (inpainting) never change and are never counted.
 
+``SamplingConfig`` is the one list of sampling settings: the loop's own, and those of the model and
+the transcoder that a sampling call passes on (guidance, reverse-chain steps, temperature).
 The loop runs on the device without host syncs: counts, ranks and selections are all tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,17 +24,74 @@ from .quantizer import quantize
 ORDERS = ("entropy", "confidence", "random", "raster")
 GUMBEL_SCHEDULES = ("constant", "down", "up")
 CFG_SCHEDULES = ("constant", "linear")
+MASK_SCHEDULES = ("cosine", "linear")
 
 # predict(tokens (B, N, K), mask (B, N) bool True = masked, step i in 1..I) -> p (B, N, K)
 Predictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# callback(step i, tokens (B, N, K), mask (B, N) bool True = still masked), after every step
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+def _setting(default, help: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Every setting of a sampling call (BiGR.generate); the defaults are BiGR-L's published ones.
+
+    A model's recommended settings are ``model.config.sampling``; ``replace(**overrides)`` changes some.
+    """
+
+    num_iter: int = _setting(20, "sampling steps I: tokens are revealed over I steps")
+    cfg: float = _setting(2.5, "classifier-free guidance scale g (1 = the plain conditional model)")
+    cfg_schedule: str = _setting("constant", "guidance per step: constant g, or linear 1 + (g - 1) i/I",
+                                 CFG_SCHEDULES)
+    gumbel: float = _setting(0.17, "Gumbel temperature of the token order (0 = strictly most certain first)")
+    gumbel_schedule: str = _setting("constant", "Gumbel temperature per step: constant g, down g (1 - i/I), "
+                                    "up g i/I", GUMBEL_SCHEDULES)
+    order: str = _setting("entropy", "which tokens first: lowest entropy (the paper), highest confidence "
+                          "(the authors' code), random, or raster", ORDERS)
+    diffusion_steps: int = _setting(100, "reverse-chain steps S of the transcoder (at most its T)")
+    temperature: float = _setting(1.0, "temperature of the transcoder's logits")
+    deterministic: bool = _setting(False, "revealed bits are [p > 1/2] instead of Bernoulli(p)")
+    mask_schedule: str = _setting("cosine", "tokens left masked after step i: n cos(pi/2 i/I), or n (1 - i/I)",
+                                  MASK_SCHEDULES)
+
+    def __post_init__(self):
+        problems = [f"{f.name} {getattr(self, f.name)!r} is not one of {f.metadata['choices']}"
+                    for f in dataclasses.fields(self)
+                    if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]]
+        for name in ("num_iter", "diffusion_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if not self.gumbel >= 0:
+            problems.append(f"gumbel must be >= 0, got {self.gumbel}")
+        if not math.isfinite(self.cfg):
+            problems.append(f"cfg must be a finite number, got {self.cfg}")
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems))
+
+    def replace(self, **overrides) -> SamplingConfig:
+        """These settings with some changed; a name that is not a setting is an error."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown sampling setting(s) {unknown}; the settings are "
+                            f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------
 # Schedules
 # ----------------------------------------------------------------------------------------------
-MASK_SCHEDULES = ("cosine", "linear")
-
-
 def mask_ratio(i: int, num_iter: int, schedule: str = "cosine") -> float:
     """Fraction of tokens still masked after step i: cos(pi/2 * i/I) (generation), or 1 - i/I
     ("linear", which enrichment uses: its groups are small and already surrounded by context)."""
@@ -124,41 +185,60 @@ def select(scores: torch.Tensor, mask: torch.Tensor, n_reveal: torch.Tensor) -> 
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+class RevealOrder:
+    """A ``callback`` that records which step revealed each token.
+
+        order = RevealOrder(given)                    # given (B, N) bool, or None: every token is generated
+        tokens = model.generate(labels, given=given, tokens=..., callback=order)
+        order.revealed_at                             # (B, N) int64: step 1..I, 0 for given tokens
+    """
+
+    def __init__(self, given: torch.Tensor | None = None):
+        self.given = given
+        self.revealed_at: torch.Tensor | None = None
+
+    def __call__(self, step: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        if self.revealed_at is None:                  # before step 1 every token but the given ones was masked
+            self.revealed_at = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
+            self._masked = torch.ones_like(mask) if self.given is None else ~self.given.to(mask.device)
+        self.revealed_at[self._masked & ~mask] = step
+        self._masked = mask
+
+
 @torch.no_grad()
-def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor | None = None,
-                  num_iter: int = 20, order: str = "entropy", gumbel: float = 0.0,
-                  gumbel_schedule: str = "constant", deterministic: bool = False, mask_schedule: str = "cosine",
+def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor | None, settings: SamplingConfig,
                   generator: torch.Generator | None = None, gumbels: torch.Tensor | None = None,
-                  uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy-ordered (or other) iterative unmasking.
+                  uniforms: torch.Tensor | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """BiGR's entropy-ordered iterative unmasking (docs/method.md §5); any order of ``ORDERS``.
 
     tokens (B, N, K): values of the given tokens (the rest are ignored); given (B, N) bool marks
-    tokens to keep (None: generate everything). gumbels (I, B, N) and uniforms (I, B, N, K) make
+    tokens to keep (None: generate everything). The loop uses the settings' num_iter, order, gumbel,
+    gumbel_schedule, deterministic and mask_schedule. gumbels (I, B, N) and uniforms (I, B, N, K) make
     the Gumbel and Bernoulli draws explicit; otherwise they come from ``generator``.
-    Returns (tokens (B, N, K) in {0,1}, revealed_at (B, N) int64: the step 1..I that revealed each
-    token, 0 for given tokens).
+    ``callback(i, tokens, mask)`` sees the tokens and the still-masked positions after every step i.
+    Returns tokens (B, N, K) in {0,1}.
     """
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
-    if num_iter < 1:
-        raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+    s = settings
     B, N, K = tokens.shape
     if given is None:
         given = torch.zeros(B, N, dtype=torch.bool, device=tokens.device)
     mask = ~given
     tokens = tokens.masked_fill(mask[..., None], 0.0)
-    n_start = mask.sum(1)                                           # (B,)
-    revealed_at = torch.zeros(B, N, dtype=torch.int64, device=tokens.device)
-    for i in range(1, num_iter + 1):
+    n_start = mask.sum(1)                                           # (B,) tokens to generate per row
+    for i in range(1, s.num_iter + 1):
+        # 1. the model's bit probabilities for every token
         p = predict(tokens, mask, i)                                # (B, N, K)
+        # 2-3. certainty of each token, perturbed with Gumbel noise
         G = gumbels[i - 1] if gumbels is not None else gumbel_noise(
             (B, N), generator=generator, device=p.device, dtype=p.dtype)
-        scores = perturbed_scores(p, order, gumbel_scale(gumbel, gumbel_schedule, i, num_iter), G)
-        n_reveal = mask.sum(1) - masked_after(n_start, i, num_iter, mask_schedule)
+        scores = perturbed_scores(p, s.order, gumbel_scale(s.gumbel, s.gumbel_schedule, i, s.num_iter), G)
+        # 4. reveal the best masked tokens until floor(n * ratio(i)) stay masked; draw their bits
+        n_reveal = mask.sum(1) - masked_after(n_start, i, s.num_iter, s.mask_schedule)
         chosen = select(scores, mask, n_reveal)                     # (B, N)
-        u = uniforms[i - 1] if uniforms is not None else None
-        bits = quantize(p, deterministic=deterministic, uniform=u, generator=generator)
+        bits = quantize(p, deterministic=s.deterministic, generator=generator,
+                        uniform=uniforms[i - 1] if uniforms is not None else None)
         tokens = torch.where(chosen[..., None], bits, tokens)
         mask = mask & ~chosen
-        revealed_at = torch.where(chosen, i, revealed_at)
-    return tokens, revealed_at
+        if callback is not None:
+            callback(i, tokens, mask)
+    return tokens

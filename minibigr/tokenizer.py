@@ -1,7 +1,10 @@
-"""Binary tokenizer: the B-AE (binary autoencoder) of BiGR (SPEC §1.1).
+"""Binary tokenizer: the B-AE (binary autoencoder) of BiGR (docs/method.md §1).
 
 image (B, C, H, W) in [0,1] --Encoder--> h (B, emb_dim, h, w) --BinaryQuantizer--> p, bits (B, K, h, w)
 bits --sum_k z_k E_k--> q (B, emb_dim, h, w) --Generator--> image (B, C, H, W)
+
+The model reads tokens, not grids: ``encode_tokens`` / ``decode_tokens`` take and give (B, N, K), the
+h x w grid in raster order (N = h * w), so no caller ever reshapes bits by hand.
 
 The network is the VQGAN-style conv ResNet of the authors' code (GroupNorm(32, eps 1e-6) + SiLU residual
 blocks, stride-2 downsampling, single-head self-attention at low resolution). Module and parameter names
@@ -12,21 +15,20 @@ Image range: the public API always takes and returns images in [0,1]. Inside, th
 ``config.image_range``: "unit" ([0,1], what the official B-AE was trained on) or "symmetric" ([-1,1], the
 VQGAN convention); the mapping happens in ``encode*`` / ``decode`` / ``forward``.
 
-Training pieces (VQGAN recipe): PatchDiscriminator, hinge_d_loss, generator_adv_loss, adaptive_weight,
-diff_augment and an LPIPS perceptual loss that runs only on VGG16 + LPIPS weights the user supplies.
+The rest of the training loss lives in minibigr.gan (PatchGAN, hinge losses, adaptive weight, DiffAugment)
+and minibigr.lpips (the perceptual loss).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import WEIGHTS_NAME, load_checkpoint, load_strict, save_checkpoint
+from .checkpoint import Checkpointed, config_from_dict
 from .quantizer import BinaryQuantizer, quantize
 
 IMAGE_RANGES = ("unit", "symmetric")
@@ -102,13 +104,7 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"a TokenizerConfig is a JSON object / dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> TokenizerConfig:
@@ -277,8 +273,27 @@ class Generator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The binary autoencoder
 # ----------------------------------------------------------------------------------------------
-class BinaryAutoencoder(nn.Module):
-    """B-AE: images in [0,1] <-> K-bit tokens on an h x w grid."""
+def grid_to_tokens(bits: torch.Tensor) -> torch.Tensor:
+    """Bits on the token grid (B, K, h, w) -> tokens (B, N, K), the grid in raster order (N = h * w)."""
+    return bits.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Tokens (B, N, K) in raster order -> bits on the h x w grid (B, K, h, w)."""
+    B, N, K = tokens.shape
+    if N != h * w:
+        raise ValueError(f"{N} tokens do not fill the tokenizer's {h}x{w} grid")
+    return tokens.transpose(1, 2).reshape(B, K, h, w)
+
+
+class BinaryAutoencoder(Checkpointed, nn.Module):
+    """B-AE: images in [0,1] <-> K-bit tokens on an h x w grid.
+
+    ``save_pretrained(dir)`` / ``BinaryAutoencoder.from_pretrained(dir, device)`` store it as config.json +
+    model.safetensors.
+    """
+
+    config_class = TokenizerConfig
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -336,6 +351,19 @@ class BinaryAutoencoder(nn.Module):
         x = self.generator(self.quantize.codes(bits.to(self.quantize.embed.weight.dtype)))
         return self._from_net(x).clamp(0, 1)
 
+    @torch.no_grad()
+    def encode_tokens(self, images: torch.Tensor, deterministic: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """images (B, C, H, W) in [0,1] -> tokens (B, N, K) float {0,1}, the grid in raster order."""
+        return grid_to_tokens(self.encode(images, deterministic=deterministic, generator=generator))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N, K) in raster order -> images (B, C, H, W) clamped to [0,1]."""
+        K, h = self.config.K, self.config.latent_size
+        if tokens.dim() != 3 or tokens.shape[1:] != (h * h, K):
+            raise ValueError(f"expected tokens of shape (B, N={h * h}, K={K}), got {tuple(tokens.shape)}")
+        return self.decode(tokens_to_grid(tokens, h, h))
+
     def forward(self, images: torch.Tensor, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Training pass. images (B, C, H, W) in [0,1] -> (recon (B, C, H, W), stats).
@@ -350,195 +378,3 @@ class BinaryAutoencoder(nn.Module):
                                              generator=generator)
         recon = self._from_net(self.generator(q))
         return recon, {"bits": bits, "p": p, "code_reg": code_reg}
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (weights only) into directory."""
-        save_checkpoint(self, self.config.to_dict(), directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                        ) -> BinaryAutoencoder:
-        cfg_dict, state = load_checkpoint(directory, map_location)
-        model = cls(TokenizerConfig.from_dict(cfg_dict))
-        load_strict(model, state, f"{directory}/{WEIGHTS_NAME}")
-        return model
-
-
-
-# ----------------------------------------------------------------------------------------------
-# GAN training pieces
-# ----------------------------------------------------------------------------------------------
-class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix / VQGAN): 4x4 convs, BatchNorm, LeakyReLU(0.2) -> one logit per patch.
-
-    (B, C, S, S) -> (B, 1, S / 2^n_layers - 2, S / 2^n_layers - 2). Names ``main.*`` as the official.
-    """
-
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            stride = 2 if n < n_layers else 1  # the last widening conv keeps the resolution
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
-        self.main = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
-
-
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Discriminator hinge loss 1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))])."""
-    return 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
-
-
-def generator_adv_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    """Generator loss L_G = -E[D(x_hat)]."""
-    return -logits_fake.mean()
-
-
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1.0) -> torch.Tensor:
-    """lambda = ||grad_last L_rec|| / (||grad_last L_G|| + 1e-4), clipped to [0, max_weight], detached.
-
-    Balances the GAN term against reconstruction at the decoder's last layer (VQGAN). Both losses
-    must still hold their graphs (they are kept for the backward pass that follows).
-    """
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
-
-
-# DiffAugment (Zhao et al. 2020): differentiable augmentations applied to real and fake images alike.
-def _per_sample(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def rand_brightness(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Add U(-1/2, 1/2) per sample."""
-    return x + (_per_sample(x, generator) - 0.5)
-
-
-def rand_saturation(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scale the distance to the per-pixel channel mean by U(0, 2)."""
-    mean = x.mean(dim=1, keepdim=True)
-    return (x - mean) * (_per_sample(x, generator) * 2) + mean
-
-
-def rand_contrast(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scale the distance to the per-image mean by U(1/2, 3/2)."""
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_per_sample(x, generator) + 0.5) + mean
-
-
-def rand_translation(x: torch.Tensor, ratio: float = 0.125, generator: torch.Generator | None = None
-                     ) -> torch.Tensor:
-    """Shift each image by up to ratio * size pixels per axis (integer, uniform); vacated pixels are 0."""
-    B, _, H, W = x.shape
-    sh, sw = int(H * ratio + 0.5), int(W * ratio + 0.5)
-    dy = torch.randint(-sh, sh + 1, (B, 1, 1), generator=generator, device=x.device)
-    dx = torch.randint(-sw, sw + 1, (B, 1, 1), generator=generator, device=x.device)
-    rows = torch.arange(H, device=x.device).view(1, H, 1) + dy  # output (i, j) reads input (i+dy, j+dx)
-    cols = torch.arange(W, device=x.device).view(1, 1, W) + dx
-    inside = ((rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)).unsqueeze(1)
-    index = (rows.clamp(0, H - 1) * W + cols.clamp(0, W - 1)).reshape(B, 1, H * W)
-    out = x.reshape(B, x.shape[1], H * W).gather(2, index.expand(-1, x.shape[1], -1))
-    return out.reshape(x.shape) * inside
-
-
-AUGMENTS = {
-    "color": (rand_brightness, rand_saturation, rand_contrast),
-    "translation": (rand_translation,),
-}
-
-
-def diff_augment(x: torch.Tensor, policy: str = "color,translation",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply the comma-separated policies in order; all randomness comes from generator."""
-    for name in filter(None, policy.split(",")):
-        if name not in AUGMENTS:
-            raise ValueError(f"unknown DiffAugment policy {name!r}; choose from {sorted(AUGMENTS)}")
-        for fn in AUGMENTS[name]:
-            x = fn(x, generator=generator)
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
-# LPIPS perceptual loss (VGG16 features, learned linear weights), from user-supplied weight files
-# ----------------------------------------------------------------------------------------------
-VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-LPIPS_TAPS = (3, 8, 15, 22, 29)  # indices in vgg16.features of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-
-
-def vgg16_features() -> nn.Sequential:
-    """torchvision's ``vgg16().features`` up to relu5_3, as plain layers (same indices, same keys)."""
-    layers: list[nn.Module] = []
-    in_ch = 3
-    for v in VGG16_CONFIG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.ReLU(inplace=False)]
-            in_ch = v
-    return nn.Sequential(*layers)
-
-
-class LPIPS(nn.Module):
-    """Learned perceptual distance (Zhang et al. 2018), VGG16 variant, frozen.
-
-    vgg_weights: torchvision's VGG16 ImageNet weights (a state dict with ``features.{i}.weight/bias``,
-    e.g. ``vgg16-397923af.pth``). lpips_weights: the LPIPS v0.1 linear layers for VGG (a state dict with
-    ``lin{0..4}.model.1.weight``, e.g. lpips' ``weights/v0.1/vgg.pth`` or taming's ``vgg_lpips.pth``).
-    Both are read as tensors only; nothing is downloaded.
-
-    forward(a, b): images (B, C, H, W) in [0,1] (1-channel images are repeated to RGB) -> (B,) distances.
-    ``rescale=True`` maps [0,1] to the [-1,1] that LPIPS was calibrated for; the official B-AE trainer
-    feeds its [0,1] images unchanged, which ``rescale=False`` reproduces.
-    """
-
-    def __init__(self, vgg_weights, lpips_weights, rescale: bool = True):
-        super().__init__()
-        from .official import read_state_dict
-
-        if vgg_weights is None or lpips_weights is None:
-            raise ValueError("LPIPS needs both weight files: torchvision's VGG16 state dict and the LPIPS "
-                             "v0.1 VGG linear layers; nothing is downloaded (set perceptual_weight=0 to skip)")
-        self.rescale = rescale
-        self.features = vgg16_features()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
-        # LPIPS' fixed input scaling (per-channel ImageNet statistics in the [-1,1] scale)
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
-
-        vgg = read_state_dict(vgg_weights)
-        feats = {k.removeprefix("features."): v for k, v in vgg.items() if k.startswith("features.")}
-        feats = {k: v for k, v in feats.items() if int(k.split(".")[0]) <= LPIPS_TAPS[-1]}
-        load_strict(self.features, feats, f"{vgg_weights} (VGG16 features)")
-        lin = read_state_dict(lpips_weights)
-        lin = {f"{i}.weight": lin[f"lin{i}.model.1.weight"] for i in range(5) if f"lin{i}.model.1.weight" in lin}
-        load_strict(self.lins, lin, f"{lpips_weights} (LPIPS lin0..lin4)")
-        self.requires_grad_(False)
-
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if self.rescale:
-            x = x * 2 - 1
-        x = (x - self.shift) / self.scale
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in LPIPS_TAPS:
-                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))  # unit length over channels
-        return out
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        dist = 0
-        for lin, fa, fb in zip(self.lins, self._taps(a), self._taps(b), strict=True):
-            dist = dist + lin((fa - fb) ** 2).mean(dim=(1, 2, 3))
-        return dist

@@ -1,10 +1,11 @@
-"""Training: the binary tokenizer, the code cache, and BiGR (SPEC §1.1, §1.3) on one device or many.
+"""Training: the binary tokenizer and BiGR (docs/method.md §1.3, §3), on one device or many.
 
-Three jobs, each resumable and each writing next to its checkpoint a JSON-lines log and a loss curve:
+Two jobs, each resumable and each writing next to its checkpoint a JSON-lines log and a loss curve;
+between them the tokenizer encodes the dataset once (minibigr.codes):
 
     train_tokenizer(...)  L1 (+ LPIPS) + PatchGAN hinge loss with adaptive weight and delayed start
-    encode_dataset(...)   run the tokenizer once over a dataset, cache the bits packed and memory-mapped
     train_bigr(...)       masked modeling on cached codes: AdamW groups, warmup, clipping, EMA, bf16
+    train_pipeline(...)   the whole recipe of a dataset: tokenizer -> code cache -> BiGR
 
 Checkpoints: ``<out>/model/`` (config.json + model.safetensors, EMA weights: what inference loads) and
 ``<out>/train_state.pt`` (raw weights, optimisers, EMA, step, RNG states), each written to a temp
@@ -27,13 +28,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CONFIG_NAME, atomic_write, read_config
+from .codes import CodeCache, encode_dataset
+from .config import BiGRConfig
+from .data import batch_indices, get_batch, load_dataset
+from .gan import PatchDiscriminator, adaptive_weight, diff_augment, generator_adv_loss, hinge_d_loss
+from .images import save_image_grid
+from .model import BiGR
+from .pipeline import BiGRPipeline
+from .tokenizer import BinaryAutoencoder, TokenizerConfig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,35 +167,6 @@ def autocast(d: Dist, enabled: bool):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data order: a pure function of (seed, step)
-# ----------------------------------------------------------------------------------------------
-def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This rank's sample indices for global step ``step``.
-
-    Each epoch is a fresh permutation seeded by (seed, epoch); the last incomplete batch is dropped.
-    The global batch is split into ``world`` contiguous shards.
-    """
-    if batch_size % world:
-        raise ValueError(f"batch size {batch_size} is not divisible by the number of processes {world}")
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"dataset of {n} samples is smaller than one batch of {batch_size}")
-    epoch, b = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    batch = perm[b * batch_size:(b + 1) * batch_size]
-    shard = batch_size // world
-    return batch[rank * shard:(rank + 1) * shard]
-
-
-def get_batch(dataset, indices: torch.Tensor):
-    """(inputs, labels) for a list of indices; uses the dataset's fast batched path when it has one."""
-    if hasattr(dataset, "get_batch"):
-        return dataset.get_batch(indices)
-    items = [dataset[int(i)] for i in indices]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
-
-
-# ----------------------------------------------------------------------------------------------
 # EMA, optimiser, checkpoints, logs
 # ----------------------------------------------------------------------------------------------
 class EMA:
@@ -302,21 +281,6 @@ def plot_log(log_path: Path, png_path: Path, keys: tuple[str, ...]):
     fig.savefig(png_path, dpi=100)
 
 
-def save_image_grid(images: torch.Tensor, path: Path, nrow: int):
-    """images (B, C, H, W) in [0, 1] -> one PNG grid, rows of ``nrow`` images."""
-    from PIL import Image
-
-    B, C, H, W = images.shape
-    ncol = nrow
-    rows = math.ceil(B / ncol)
-    grid = torch.ones(C, rows * (H + 2) + 2, ncol * (W + 2) + 2)
-    for i, img in enumerate(images.float().clamp(0, 1).cpu()):
-        r, c = divmod(i, ncol)
-        grid[:, 2 + r * (H + 2):2 + r * (H + 2) + H, 2 + c * (W + 2):2 + c * (W + 2) + W] = img
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array[..., 0] if C == 1 else array).save(path)
-
-
 def _settings_check(out_dir: Path, s: TrainSettings, kind: str):
     """Write the settings once; on resume refuse a run whose settings changed in a way resume cannot honour."""
     path = out_dir / "train_settings.json"
@@ -355,8 +319,6 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
     Discriminator step (after disc_start): hinge loss on real vs reconstructed images, DiffAugment
     on both when ``cfg.diff_aug``.
     """
-    from .tokenizer import PatchDiscriminator, adaptive_weight, diff_augment, generator_adv_loss, hinge_d_loss
-
     d = setup_distributed(s.device)
     out = Path(s.out_dir)
     cfg = tokenizer.config
@@ -466,87 +428,8 @@ def _clip(module: nn.Module, max_norm: float):
 def _tokenizer_preview(tokenizer, x: torch.Tensor, path: Path, n: int = 8):
     """Originals (top row) over deterministic reconstructions (bottom row)."""
     x = x[:n]
-    recon = tokenizer.decode(tokenizer.encode(x, deterministic=True))
+    recon = tokenizer.decode(tokenizer.encode(x, deterministic=True))       # (n, C, H, W)
     save_image_grid(torch.cat([x, recon.float()]), path, nrow=len(x))
-
-
-# ----------------------------------------------------------------------------------------------
-# The code cache
-# ----------------------------------------------------------------------------------------------
-class CodeCache:
-    """Cached tokens of a dataset: bits packed 8 per byte in a memory-mapped .npy, plus labels.
-
-    Files: ``codes.npy`` uint8 (n, N, ceil(K/8)), ``labels.npy`` int64 (n,), ``codes.json`` (K, h, w, n).
-    get_batch(indices) -> (tokens (B, N, K) float {0,1}, labels (B,)).
-    """
-
-    def __init__(self, directory):
-        directory = Path(directory)
-        meta_path = directory / "codes.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"no code cache in {directory} (expected codes.json); run `minibigr encode` first")
-        self.meta = json.loads(meta_path.read_text())
-        self.K, self.h, self.w = self.meta["K"], self.meta["h"], self.meta["w"]
-        self.codes = np.load(directory / "codes.npy", mmap_mode="r")
-        self.labels = np.load(directory / "labels.npy")
-        if self.codes.shape[0] != len(self.labels) or self.codes.shape[0] != self.meta["n"]:
-            raise ValueError(f"code cache in {directory} is incomplete: {self.codes.shape[0]} codes, "
-                             f"{len(self.labels)} labels, {self.meta['n']} expected")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get_batch(self, indices: torch.Tensor):
-        idx = np.sort(np.asarray(indices))                      # sorted reads are faster on a memmap
-        order = np.argsort(np.argsort(np.asarray(indices)))
-        packed = np.asarray(self.codes[idx])[order]
-        bits = np.unpackbits(packed, axis=-1, count=self.K, bitorder="little")
-        return torch.from_numpy(bits.astype(np.float32)), torch.from_numpy(self.labels[idx][order])
-
-
-def bits_to_tokens(bits: torch.Tensor) -> torch.Tensor:
-    """Tokenizer grid (B, K, h, w) -> sequence (B, N, K) in raster order (N = h * w)."""
-    return bits.flatten(2).transpose(1, 2)
-
-
-def tokens_to_bits(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sequence (B, N, K) -> tokenizer grid (B, K, h, w)."""
-    B, N, K = tokens.shape
-    if N != h * w:
-        raise ValueError(f"{N} tokens do not fill a {h}x{w} grid")
-    return tokens.transpose(1, 2).reshape(B, K, h, w)
-
-
-@torch.no_grad()
-def encode_dataset(tokenizer, dataset, out_dir, batch_size: int = 256, device: str = "auto",
-                   deterministic: bool = True) -> CodeCache:
-    """Encode every image once and write the code cache (see CodeCache). Deterministic codes by default."""
-    d = setup_distributed(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer.to(d.device).eval()
-    n = len(dataset)
-    codes = labels = None
-    generator = torch.Generator(device=d.device).manual_seed(0)
-    for start in tqdm(range(0, n, batch_size), desc="encode", dynamic_ncols=True):
-        idx = torch.arange(start, min(n, start + batch_size))
-        x, y = get_batch(dataset, idx)
-        bits = tokenizer.encode(x.to(d.device), deterministic=deterministic, generator=generator)
-        tokens = bits_to_tokens(bits).to(torch.uint8).cpu().numpy()     # (B, N, K)
-        if codes is None:
-            K, h, w = bits.shape[1:]
-            tmp_codes = out / "codes.npy.tmp"
-            codes = np.lib.format.open_memmap(tmp_codes, mode="w+", dtype=np.uint8,
-                                              shape=(n, h * w, (K + 7) // 8))
-            labels = np.zeros(n, dtype=np.int64)
-        codes[start:start + len(idx)] = np.packbits(tokens, axis=-1, bitorder="little")
-        labels[start:start + len(idx)] = np.asarray(y)
-    codes.flush()
-    del codes
-    os.replace(out / "codes.npy.tmp", out / "codes.npy")
-    np.save(out / "labels.npy", labels)
-    (out / "codes.json").write_text(json.dumps({"K": int(K), "h": int(h), "w": int(w), "n": n}))
-    return CodeCache(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,16 +449,20 @@ class _LossModule(nn.Module):
 def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample_labels=None) -> nn.Module:
     """Train BiGR on cached codes. Returns the EMA model (what ``<out>/model`` holds).
 
-    ``tokenizer`` (optional) decodes periodic sample grids of ``sample_labels`` (default: every class).
+    With the ``tokenizer`` the codes came from, the run directory becomes a whole pipeline (a copy in
+    ``<out>/tokenizer/``: ``BiGRPipeline.from_pretrained(out)`` loads both) and periodic sample grids of
+    ``sample_labels`` (default: every class) are written.
     """
     d = setup_distributed(s.device)
     out = Path(s.out_dir)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _settings_check(out, s, "bigr")
     if model.config.K != codes.K or model.config.num_tokens != codes.h * codes.w:
         raise ValueError(f"model expects {model.config.num_tokens} tokens of K={model.config.K} bits; the code "
                          f"cache holds {codes.h * codes.w} tokens of K={codes.K} bits")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _settings_check(out, s, "bigr")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / "tokenizer")
     generator = torch.Generator(device=d.device).manual_seed(s.seed + 7919 * d.rank)
     model = model.to(d.device).train()
     ema = EMA(model, s.ema)
@@ -584,9 +471,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
     start = 0
     state = load_train_state(out)
     if state is not None:
-        from .model import SAMPLING_FIELDS
-
-        _config_check(out, model.config, ignore=SAMPLING_FIELDS)
+        _config_check(out, model.config, ignore=("sampling",))
         model.load_state_dict(state["model"])
         ema.module.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -597,8 +482,8 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
     if s.compile:
         step_module = torch.compile(step_module)
     log = RunLog(out, s.steps, start, "bigr", d.main)
-    num_classes = model.config.num_classes
-    labels_to_show = torch.as_tensor(sample_labels if sample_labels is not None else range(num_classes))
+    preview = None if tokenizer is None else BiGRPipeline(tokenizer.to(d.device).eval(), ema.module)
+    labels_to_show = torch.as_tensor(sample_labels if sample_labels is not None else range(model.config.num_classes))
 
     def checkpoint(step):
         if d.main:
@@ -627,40 +512,28 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
                              "lr": lr_at(step, s)})
         if done % s.ckpt_every == 0 or done == s.steps:
             checkpoint(done)
-        if d.main and tokenizer is not None and (done == s.steps or (s.sample_every and done % s.sample_every == 0)):
-            sample_grid(ema.module, tokenizer, labels_to_show, out / f"samples_{done:07d}.png", seed=s.seed)
+        if d.main and preview is not None and (done == s.steps or (s.sample_every and done % s.sample_every == 0)):
+            # a row per class, from the same seed each time: the grids show the model, not the noise
+            images = preview(labels_to_show.repeat_interleave(8), generator=_seeded(s.seed, d.device))
+            save_image_grid(images, out / f"samples_{done:07d}.png", nrow=8)
     log.close()
     return ema.module
 
 
-@torch.no_grad()
-def sample_grid(model, tokenizer, labels: torch.Tensor, path: Path, per_class: int = 8, seed: int = 0,
-                **sampling) -> torch.Tensor:
-    """One row per label, ``per_class`` samples each, decoded and saved as a PNG. Returns the images."""
-    model.eval()
-    device = next(model.parameters()).device
-    labels = labels.to(device).repeat_interleave(per_class)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    tokens = model.generate(labels, generator=generator, **sampling)
-    h, w = tokenizer.grid_size
-    images = tokenizer.to(device).decode(tokens_to_bits(tokens, h, w))
-    save_image_grid(images, path, nrow=per_class)
-    return images
+def _seeded(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # The whole recipe: tokenizer -> code cache -> BiGR
 # ----------------------------------------------------------------------------------------------
 def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
-                   tokenizer_overrides: dict | None = None, bigr_overrides: dict | None = None):
+                   tokenizer_overrides: dict | None = None, bigr_overrides: dict | None = None) -> BiGRPipeline:
     """Train a tokenizer, cache the codes, train BiGR; every stage resumes where it stopped.
 
-    Layout: ``<out>/tokenizer/``, ``<out>/codes/``, ``<out>/bigr/``. Returns (tokenizer, model) (EMA weights).
+    Layout: ``<out>/tokenizer/``, ``<out>/codes/``, ``<out>/bigr/`` (a pipeline directory: its ``model/`` and
+    a copy of the tokenizer). Returns the pipeline of EMA weights, in eval mode.
     """
-    from .data import load_dataset
-    from .model import BiGR, BiGRConfig
-    from .tokenizer import BinaryAutoencoder, TokenizerConfig
-
     recipe, out = _recipe(dataset), Path(out_dir)
     images = load_dataset(dataset, "train", data_dir=data_dir)
     saved = out / "tokenizer" / "model"      # a started run continues with the config it began with
@@ -673,8 +546,8 @@ def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
     if bigr_started and (out / "codes" / "codes.json").exists():
         codes = CodeCache(out / "codes")      # resuming BiGR: keep the exact codes it was trained on
     else:
-        codes = encode_dataset(tokenizer, images, out / "codes", device=device)
+        codes = encode_dataset(tokenizer, images, out / "codes")
     model = BiGR(BiGRConfig.preset(recipe["model"], K=codes.K, num_tokens=codes.h * codes.w))
     model = train_bigr(model, codes, bigr_settings(dataset, str(out / "bigr"), device=device, **(bigr_overrides or {})),
                        tokenizer=tokenizer)
-    return tokenizer.eval(), model.eval()
+    return BiGRPipeline(tokenizer.eval(), model.eval())

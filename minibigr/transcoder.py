@@ -1,4 +1,4 @@
-"""Binary transcoder: Bernoulli diffusion over one token's K bits, conditioned on h_i (SPEC §1.4).
+"""Binary transcoder: Bernoulli diffusion over one token's K bits, conditioned on h_i (docs/method.md §4).
 
 Forward process     q(z_t | z_{t-1}) = Bernoulli(beta_t z_{t-1} + (1 - beta_t)/2)
 Closed form         q(z_t | z_0)     = Bernoulli(k_t z_0 + b_t),  k_t = prod_{s<=t} beta_s,  b_t = (1 - k_t)/2
@@ -26,10 +26,13 @@ OBJECTIVES = ("flip", "x0", "direct")
 # Schedules and the forward process
 # ----------------------------------------------------------------------------------------------
 def bernoulli_schedule(name: str, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(k, b, beta), float64 tensors of length T + 1 indexed by t = 0..T; index 0 is the identity."""
+    """(k, b, beta), float64 CPU tensors of length T + 1 indexed by t = 0..T; index 0 is the identity.
+
+    Always on the CPU, even inside ``with torch.device("meta")``: a model built there still knows its schedule.
+    """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
-    t = torch.arange(T + 1, dtype=torch.float64)
+    t = torch.arange(T + 1, dtype=torch.float64, device="cpu")
     if name == "linear":
         beta = 1 - 1 / (T - t + 1)  # beta_T = 0, so k_T = 0 exactly: z_T is pure noise
         beta[0] = 1.0
@@ -41,7 +44,8 @@ def bernoulli_schedule(name: str, T: int) -> tuple[torch.Tensor, torch.Tensor, t
             # Binary Latent Diffusion's sigmoid schedule: gamma(t) from a sigmoid over [start, end]
             # with temperature tau (start 0, end 3, tau 0.8), clipped away from 0.
             start, end, tau = 0.0, 3.0, 0.8
-            v_start, v_end = (torch.sigmoid(torch.tensor(x / tau, dtype=torch.float64)) for x in (start, end))
+            v_start, v_end = (torch.sigmoid(torch.tensor(x / tau, dtype=torch.float64, device="cpu"))
+                              for x in (start, end))
             v = torch.sigmoid((t / T * (end - start) + start) / tau)
             k = ((v_end - v) / (v_end - v_start)).clamp(1e-9, 1.0).to(torch.float64)
         k[0] = 1.0

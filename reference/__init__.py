@@ -1,6 +1,6 @@
-"""NumPy + Numba reference of minibigr's three algorithmic cores (SPEC §1.1, §1.4, §1.5).
+"""NumPy + Numba reference of minibigr's three algorithmic cores (docs/method.md §1.1, §4, §5).
 
-Written to be read next to SPEC.md: float64 everywhere, randomness passed in as explicit uniform
+Written to be read next to docs/method.md: float64 everywhere, randomness passed in as explicit uniform
 or Gumbel arrays, Numba kernels only for the loops that matter (the reverse-chain step and the
 per-row top-k selection). It never imports torch or minibigr, so the property tests in tests/
 compare two independent implementations.

@@ -1,4 +1,4 @@
-"""Reference binary quantizer (SPEC §1.1), NumPy float64.
+"""Reference binary quantizer (docs/method.md §1.1), NumPy float64.
 
 p = sigmoid(conv1x1(h)); z = [u < p] for explicit uniforms u (or [p > 1/2] when deterministic);
 the straight-through value z + p - p; decoder input q = sum_k z_k E_k with the K x D matrix E.

@@ -1,4 +1,4 @@
-"""Reference entropy-ordered sampler (SPEC §1.5), NumPy float64 + a Numba top-k kernel.
+"""Reference entropy-ordered sampler (docs/method.md §5), NumPy float64 + a Numba top-k kernel.
 
 All N tokens start masked (given tokens excepted). At step i = 1..I the predictor gives p (B, N, K);
 each masked token is scored (low binary entropy = certain = first), Gumbel noise g G is added,

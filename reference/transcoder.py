@@ -1,4 +1,4 @@
-"""Reference binary transcoder (SPEC §1.4): Bernoulli diffusion over one token's K bits, float64.
+"""Reference binary transcoder (docs/method.md §4): Bernoulli diffusion over one token's K bits, float64.
 
 One forward step     q(z_t | z_{t-1}) = Bernoulli(beta_t z_{t-1} + (1 - beta_t)/2)
 Closed form          q(z_t | z_0)     = Bernoulli(k_t z_0 + b_t),  k_t = prod_{s<=t} beta_s

@@ -3,22 +3,22 @@
 import pytest
 import torch
 
-from minibigr import apps
+from minibigr import BiGRPipeline, apps
 from minibigr.model import BiGR, BiGRConfig
 from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
-from minibigr.train import bits_to_tokens
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pipe():
     torch.manual_seed(0)
     tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
                                                         attn_resolutions=()))
     model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, dim=32, n_layer=2, n_head=2,
-                                   transcoder_width=32, transcoder_blocks=1, num_iter=4, diffusion_steps=4))
+                                   transcoder_width=32, transcoder_blocks=1,
+                                   sampling=dict(num_iter=4, diffusion_steps=4)))
     for p in model.parameters():          # leave the zero-init: random outputs make the checks non-trivial
         torch.nn.init.normal_(p, std=0.2)
-    return tok.eval(), model.eval()
+    return BiGRPipeline(tok.eval(), model.eval())
 
 
 def images(n=3):
@@ -36,68 +36,73 @@ def test_token_mask_marks_every_token_touching_the_mask():
     assert regen[:, :4].all() and not regen[:, 4:].any()
 
 
-def test_inpaint_keeps_pixels_and_tokens_outside_the_mask(pair):
-    tok, model = pair
+def test_inpaint_keeps_pixels_and_tokens_outside_the_mask(pipe):
     x, mask = images(), left_half_mask()
-    g = torch.Generator().manual_seed(0)
-    out = apps.inpaint(tok, model, x, mask, labels=3, generator=g)
+    states = []                                 # the sampler's callback sees the tokens after every step
+    out = apps.inpaint(pipe, x, mask, labels=3, generator=torch.Generator().manual_seed(0),
+                       callback=lambda i, tokens, still_masked: states.append(tokens))
     assert out.shape == x.shape
     assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
     assert not torch.equal(out[mask.expand_as(x)], x[mask.expand_as(x)])
     # tokens: the regenerated sequence keeps every token outside the token mask
     regen = apps.token_mask(mask, (8, 8))
-    source = bits_to_tokens(tok.encode(x, deterministic=True))
-    _, tokens = apps._regenerate(tok, model, x, regen, torch.full((3,), 3), torch.Generator().manual_seed(0))
+    source, tokens = pipe.encode(x), states[-1]
+    assert len(states) == pipe.model.config.sampling.num_iter
     assert torch.equal(tokens[~regen], source[~regen])
     assert set(tokens.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(out, apps.blend(pipe.decode(tokens), x, mask))
 
 
-def test_outpaint_is_inpaint_of_the_complement(pair):
-    tok, model = pair
+def test_outpaint_is_inpaint_of_the_complement(pipe):
     x, mask = images(), left_half_mask()
-    a = apps.outpaint(tok, model, x, mask, labels=1, generator=torch.Generator().manual_seed(5))
-    b = apps.inpaint(tok, model, x, ~mask, labels=1, generator=torch.Generator().manual_seed(5))
+    a = apps.outpaint(pipe, x, mask, labels=1, generator=torch.Generator().manual_seed(5))
+    b = apps.inpaint(pipe, x, ~mask, labels=1, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert torch.equal(a[mask.expand_as(x)], x[mask.expand_as(x)])
 
 
-def test_edit_depends_on_the_new_class(pair):
-    tok, model = pair
+def test_edit_depends_on_the_new_class(pipe):
     x, mask = images(), left_half_mask()
-    a = apps.edit(tok, model, x, mask, new_labels=torch.tensor([0, 0, 0]), generator=torch.Generator().manual_seed(2))
-    b = apps.edit(tok, model, x, mask, new_labels=torch.tensor([7, 7, 7]), generator=torch.Generator().manual_seed(2))
+    a = apps.edit(pipe, x, mask, new_labels=torch.tensor([0, 0, 0]), generator=torch.Generator().manual_seed(2))
+    b = apps.edit(pipe, x, mask, new_labels=[7, 7, 7], generator=torch.Generator().manual_seed(2))
     assert not torch.equal(a, b)
     assert torch.equal(a[~mask.expand_as(x)], b[~mask.expand_as(x)])
 
 
-def test_interpolate_ends_are_the_pure_classes(pair):
-    tok, model = pair
-    strip = apps.interpolate(tok, model, 2, 5, alphas=(1.0, 0.5, 0.0), seed=4)
+def test_interpolate_ends_are_the_pure_classes(pipe):
+    strip = apps.interpolate(pipe, 2, 5, alphas=(1.0, 0.5, 0.0), generator=torch.Generator().manual_seed(4))
     assert strip.shape == (3, 1, 32, 32)
-    g = torch.Generator().manual_seed(4)
-    pure = model.generate(torch.tensor([2]), generator=g)
-    from minibigr.train import tokens_to_bits
-
-    assert torch.equal(strip[0], tok.decode(tokens_to_bits(pure, 8, 8))[0])
+    assert torch.equal(strip[0], pipe([2], generator=torch.Generator().manual_seed(4))[0])
+    assert torch.equal(strip[2], pipe([5], generator=torch.Generator().manual_seed(4))[0])
 
 
-def test_enrich_regenerates_every_token_once_per_group(pair):
-    tok, model = pair
+def test_enrich_regenerates_every_token_once_per_group(pipe, monkeypatch):
     x = images(2)
-    out = apps.enrich(tok, model, x, r=2, generator=torch.Generator().manual_seed(0))
+    regenerated = []                            # the tokens each generate call may change
+    generate = pipe.model.generate
+
+    def recording(labels, **kwargs):
+        regenerated.append(~kwargs["given"])
+        assert (labels == pipe.model.null_class).all() and kwargs["mask_schedule"] == "linear"
+        return generate(labels, **kwargs)
+
+    monkeypatch.setattr(pipe.model, "generate", recording)
+    out = apps.enrich(pipe, x, r=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert len(regenerated) == 4
+    assert torch.equal(torch.stack(regenerated).sum(0), torch.ones(2, 64, dtype=torch.long))
+    assert all(int(r[0].view(8, 8)[:2, :2].sum()) == 1 for r in regenerated)    # one place of each 2x2 block
     with pytest.raises(ValueError, match="divide"):
-        apps.enrich(tok, model, x, r=3)
+        apps.enrich(pipe, x, r=3)
 
 
-def test_mask_shape_errors(pair):
-    tok, model = pair
+def test_mask_shape_errors(pipe):
     with pytest.raises(ValueError, match="does not match"):
-        apps.inpaint(tok, model, images(), torch.zeros(16, 16, dtype=torch.bool), labels=0)
+        apps.inpaint(pipe, images(), torch.zeros(16, 16, dtype=torch.bool), labels=0)
 
 
-def test_generate_runs_the_transcoder_on_exactly_the_masked_tokens(pair, monkeypatch):
-    tok, model = pair
+def test_generate_runs_the_transcoder_on_exactly_the_masked_tokens(pipe, monkeypatch):
+    model = pipe.model
     from minibigr.sampler import masked_after
 
     rows = []

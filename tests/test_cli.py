@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from minibigr.cli import build_parser, main
+from minibigr.model import BiGR, BiGRConfig
 
 COMMANDS = ("train-tokenizer", "encode", "train", "sample", "eval-tokenizer", "demo")
 
@@ -20,7 +21,14 @@ def test_every_command_has_help(capsys):
 
 
 def test_bad_arguments_are_one_line_errors_not_tracebacks(tmp_path, capsys):
-    assert main(["sample", "--model", str(tmp_path), "--tokenizer", str(tmp_path / "nowhere")]) == 2
+    assert main(["sample", "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and "nothing" in err and "fashion-mnist" in err
+    BiGR(BiGRConfig.preset("tiny-32", dim=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "run" / "model")
+    assert main(["sample", "--model", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "no tokenizer beside the BiGR" in err and "--tokenizer" in err and "Traceback" not in err
+    assert main(["sample", "--model", str(tmp_path / "run"), "--tokenizer", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err and "nowhere" in err
     assert main(["train", "--codes", str(tmp_path)]) == 2
@@ -30,7 +38,7 @@ def test_bad_arguments_are_one_line_errors_not_tracebacks(tmp_path, capsys):
 
 
 def test_import_is_light_and_never_touches_the_reference():
-    code = ("import sys, minibigr; from minibigr import BiGR, BinaryAutoencoder, transcoder, sampler; "
+    code = ("import sys, minibigr; from minibigr import BiGR, BinaryAutoencoder, BiGRPipeline, transcoder, sampler; "
             "import json; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))")
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))

@@ -1,11 +1,15 @@
 """`minibigr inpaint | outpaint | edit | interpolate | enrich | probe | evaluate` on a tiny random model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from minibigr.cli import build_parser, load_tokenizer, main, read_image_for
+from minibigr import BiGRPipeline, SamplingConfig
+from minibigr.cli import build_parser, main, sampling_overrides
+from minibigr.images import load_image
 from minibigr.model import BiGR, BiGRConfig
 from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
 
@@ -14,16 +18,16 @@ APPS = ("inpaint", "outpaint", "edit", "interpolate", "enrich", "probe", "evalua
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """(tokenizer dir, model dir) of a tiny random pair, saved with save_pretrained."""
+    """The CLI arguments of a tiny random pair saved with save_pretrained as a pipeline directory."""
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
                                                    attn_resolutions=()))
     model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, dim=32, n_layer=2, n_head=2, transcoder_width=32,
-                                   transcoder_blocks=1, num_iter=3, diffusion_steps=3))
+                                   transcoder_blocks=1, sampling=dict(num_iter=3, diffusion_steps=3)))
     tok.save_pretrained(root / "tokenizer")
     model.save_pretrained(root / "model")
-    return ["--tokenizer", str(root / "tokenizer"), "--model", str(root / "model"), "--device", "cpu"]
+    return ["--model", str(root), "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def test_paint_commands_write_result_and_comparison(command, models, files, tmp_
     compare = read_png(out.with_name(f"{command}-compare.png"))
     assert compare.shape == (2 * 32 + 4, 3 * 2 * 32 + 8)
     # the kept side is the (resized, grey) input, pixel for pixel
-    source = read_image_for(str(files / "in.png"), load_tokenizer(models[1]))[0, 0].numpy()
+    source = load_image(files / "in.png", channels=1, size=32)[0, 0].numpy()
     source = (source * 255).round().astype(np.uint8)
     kept = slice(0, 16) if command == "outpaint" else slice(16, 32)
     np.testing.assert_array_equal(result[:, kept], source[:, kept])
@@ -85,6 +89,28 @@ def test_interpolate_and_enrich_write_pngs(models, files, tmp_path):
     out = tmp_path / "enrich.png"
     assert main(["enrich", "--image", str(files / "in.png"), "--factor", "2", "--out", str(out), *models]) == 0
     assert read_png(out).shape == (32, 32) and out.with_name("enrich-compare.png").exists()
+
+
+def test_sample_has_a_flag_for_every_sampling_setting(models, tmp_path):
+    """The sampling flags are made from SamplingConfig's fields; given ones reach generate, unset ones are the
+    model's recommended settings."""
+    flags = ["--num-iter", "2", "--cfg", "1", "--cfg-schedule", "linear", "--gumbel", "0.5", "--gumbel-schedule",
+             "up", "--order", "raster", "--diffusion-steps", "2", "--temperature", "0.5", "--deterministic",
+             "--mask-schedule", "linear"]
+    overrides = sampling_overrides(build_parser().parse_args(["sample", *flags]))
+    assert overrides == dict(num_iter=2, cfg=1.0, cfg_schedule="linear", gumbel=0.5, gumbel_schedule="up",
+                             order="raster", diffusion_steps=2, temperature=0.5, deterministic=True,
+                             mask_schedule="linear")
+    assert set(overrides) == {f.name for f in dataclasses.fields(SamplingConfig)}
+    assert sampling_overrides(build_parser().parse_args(["sample"])) == {}
+    out = tmp_path / "s.png"
+    assert main(["sample", "--labels", "1", "4", "--per-class", "2", "--seed", "3", "--out", str(out), *flags,
+                 *models]) == 0
+    pipe = BiGRPipeline.from_pretrained(models[1])
+    expected = pipe(torch.tensor([1, 1, 4, 4]), generator=torch.Generator().manual_seed(3), **overrides)
+    with np.load(out.with_suffix(".npz")) as saved:
+        assert saved["labels"].tolist() == [1, 1, 4, 4]
+        np.testing.assert_array_equal(saved["images"], (expected.numpy() * 255).round().astype(np.uint8))
 
 
 def one_line_error(capsys) -> str:
@@ -118,8 +144,8 @@ def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
 
 @pytest.mark.fashion_mnist
 def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
+    from minibigr.classifier import ClassifierConfig, ClassifierSettings, save_classifier, train_classifier
     from minibigr.data import load_dataset
-    from minibigr.evaluate import ClassifierConfig, ClassifierSettings, train_classifier
 
     assert main(["probe", "--limit", "60", "--layers", "0,1", "--batch-size", "32", *models]) == 0
     out = capsys.readouterr().out
@@ -127,7 +153,7 @@ def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
     train = load_dataset("fashion-mnist", "train")
     clf, info = train_classifier(train, config=ClassifierConfig(width=4),
                                  settings=ClassifierSettings(epochs=1, batch_size=32, limit=64))
-    clf.save_pretrained(tmp_path / "clf", info)
+    save_classifier(clf, tmp_path / "clf", info)
     report = tmp_path / "report.json"
     assert main(["evaluate", "--num-samples", "12", "--batch-size", "6", "--limit", "50", "--knn-cap", "10",
                  "--classifier", str(tmp_path / "clf"), "--json", str(report), *models]) == 0

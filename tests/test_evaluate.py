@@ -9,8 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minibigr import classifier as cl
 from minibigr import evaluate as ev
+from minibigr import inception as inc
 from minibigr.data import ArrayDataset
+from minibigr.pipeline import BiGRPipeline
 
 
 def spd(d: int, generator: torch.Generator) -> torch.Tensor:
@@ -119,7 +122,7 @@ def test_inception_score_bounds():
 
 def test_inception_loads_a_state_dict_file_and_gives_pool_features_and_logits(tmp_path):
     torch.manual_seed(0)
-    net = ev.InceptionV3()
+    net = inc.InceptionV3()
     state = net.state_dict()
     # names and shapes of the pytorch-fid port (pt_inception-2015-12-05)
     assert state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
@@ -128,7 +131,7 @@ def test_inception_loads_a_state_dict_file_and_gives_pool_features_and_logits(tm
     assert state["fc.weight"].shape == (1008, 2048)
     assert not any(k.startswith("AuxLogits") for k in state)
     torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "fid.pth")
-    inception = ev.InceptionFeatures(tmp_path / "fid.pth", chunk=1)
+    inception = inc.InceptionFeatures(tmp_path / "fid.pth", chunk=1)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     feats, logits = inception(x)
     assert feats.shape == (2, 2048) and logits.shape == (2, 1008) and (feats >= 0).all()
@@ -139,13 +142,13 @@ def test_inception_loads_a_state_dict_file_and_gives_pool_features_and_logits(tm
 
 def test_inception_file_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        ev.InceptionFeatures(tmp_path / "nope.pth")
+        inc.InceptionFeatures(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable Inception weights file"):
-        ev.InceptionFeatures(tmp_path / "junk.pth")
+        inc.InceptionFeatures(tmp_path / "junk.pth")
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="missing"):
-        ev.InceptionFeatures(tmp_path / "partial.pth")
+        inc.InceptionFeatures(tmp_path / "partial.pth")
 
 
 # -- the classifier ------------------------------------------------------------------------------
@@ -165,35 +168,35 @@ def bars(n: int, seed: int) -> ArrayDataset:
 
 @pytest.fixture(scope="module")
 def trained():
-    settings_ = ev.ClassifierSettings(epochs=4, batch_size=32, lr=3e-3)
-    return ev.train_classifier(bars(512, 0), bars(128, 1), ev.ClassifierConfig(1, 16, 2, width=8), settings_)
+    settings_ = cl.ClassifierSettings(epochs=4, batch_size=32, lr=3e-3)
+    return cl.train_classifier(bars(512, 0), bars(128, 1), cl.ClassifierConfig(1, 16, 2, width=8), settings_)
 
 
 def test_classifier_learns_and_its_cache_round_trips(trained, tmp_path):
     model, info = trained
     assert info["test_accuracy"] > 0.8
-    model.save_pretrained(tmp_path / "clf", info)
-    again = ev.Classifier.from_pretrained(tmp_path / "clf")
+    cl.save_classifier(model, tmp_path / "clf", info)
+    again = cl.Classifier.from_pretrained(tmp_path / "clf")
     x, _ = bars(8, 2).get_batch(np.arange(8))
     for a, b in zip(model.extract(x), again.extract(x), strict=True):
         torch.testing.assert_close(a, b)
-    loaded, loaded_info = ev.load_or_train_classifier("bars", path=tmp_path / "clf")
-    assert loaded_info["test_accuracy"] == info["test_accuracy"]
+    loaded, loaded_info = cl.load_or_train_classifier("bars", path=tmp_path / "clf")
+    assert loaded_info["test_accuracy"] == info["test_accuracy"] and not loaded.training
     with pytest.raises(ValueError, match="shape"):
         model.extract(torch.zeros(1, 3, 16, 16))
 
 
 def test_classifier_training_is_deterministic_under_a_seed():
-    settings_ = ev.ClassifierSettings(epochs=1, batch_size=32, limit=64, seed=7)
-    a, _ = ev.train_classifier(bars(64, 0), config=ev.ClassifierConfig(1, 16, 2, width=8), settings=settings_)
-    b, _ = ev.train_classifier(bars(64, 0), config=ev.ClassifierConfig(1, 16, 2, width=8), settings=settings_)
+    settings_ = cl.ClassifierSettings(epochs=1, batch_size=32, limit=64, seed=7)
+    a, _ = cl.train_classifier(bars(64, 0), config=cl.ClassifierConfig(1, 16, 2, width=8), settings=settings_)
+    b, _ = cl.train_classifier(bars(64, 0), config=cl.ClassifierConfig(1, 16, 2, width=8), settings=settings_)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
 def test_classifier_cache_lives_under_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert ev.classifier_dir("fashion-mnist") == tmp_path / "minibigr" / "classifiers" / "fashion-mnist"
+    assert cl.classifier_dir("fashion-mnist") == tmp_path / "minibigr" / "classifiers" / "fashion-mnist"
 
 
 # -- the streaming evaluation ----------------------------------------------------------------------
@@ -216,16 +219,18 @@ def test_evaluate_generator_on_a_tiny_model_is_deterministic():
     tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", image_size=16, nf=32, ch_mult=(1, 1, 1),
                                                    emb_dim=32, K=6, attn_resolutions=())).eval()
     model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=16, num_classes=2, dim=32, n_layer=2, n_head=2,
-                                   transcoder_width=32, transcoder_blocks=1, num_iter=2, diffusion_steps=2)).eval()
-    clf = ev.Classifier(ev.ClassifierConfig(1, 16, 2, width=8)).eval()
+                                   transcoder_width=32, transcoder_blocks=1,
+                                   sampling=dict(num_iter=2, diffusion_steps=2))).eval()
+    pipe = BiGRPipeline(tok, model)
+    clf = cl.Classifier(cl.ClassifierConfig(1, 16, 2, width=8)).eval()
     kwargs = dict(num_samples=12, seed=3, batch_size=5, knn_cap=10)
-    a = ev.evaluate_generator(model, tok, bars(40, 0), bars(20, 1), clf.extract, **kwargs)
-    b = ev.evaluate_generator(model, tok, bars(40, 0), bars(20, 1), clf.extract, **kwargs)
+    a = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, **kwargs)
+    b = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, **kwargs)
     a.pop("seconds_per_image"), b.pop("seconds_per_image")
     assert a == b
     assert a["samples"] == 12 and a["reference"]["test_images"] == 12 and a["reference"]["train_images"] == 40
     assert a["knn_points"] == 10 and math.isfinite(a["fd"]) and 0 <= a["class_accuracy"] <= 1
     # a second, pluggable extractor (Inception's place) adds its FD and Inception Score
     pixels = lambda x: (x.flatten(1)[:, :8], x.flatten(1)[:, :5])  # noqa: E731
-    c = ev.evaluate_generator(model, tok, bars(40, 0), bars(20, 1), clf.extract, inception=pixels, **kwargs)
+    c = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, inception=pixels, **kwargs)
     assert c["fd"] == a["fd"] and math.isfinite(c["inception"]["fd"]) and c["inception"]["inception_score"] >= 1

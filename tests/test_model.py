@@ -8,17 +8,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minibigr import model as model_module
 from minibigr.backbone import Backbone, apply_rope, rope_2d
+from minibigr.config import PRESETS
 from minibigr.model import (
-    PRESETS,
     BiGR,
     BiGRConfig,
     drop_labels,
     gather_tokens,
     mask_count,
+    masked_counts,
     masked_positions,
+    masked_probs,
     random_mask,
 )
+from minibigr.sampler import RevealOrder, SamplingConfig
 from minibigr.transcoder import DenoiseMLP
 
 torch.set_num_threads(1)
@@ -26,8 +30,8 @@ torch.set_num_threads(1)
 
 def tiny_config(**overrides) -> BiGRConfig:
     base = dict(K=8, num_classes=5, num_tokens=16, dim=32, n_layer=2, n_head=2, multiple_of=16,
-                transcoder_width=32, transcoder_blocks=2, T=16, diffusion_steps=8, num_iter=4,
-                cfg=2.0, gumbel=0.5)
+                transcoder_width=32, transcoder_blocks=2, T=16,
+                sampling=SamplingConfig(diffusion_steps=8, num_iter=4, cfg=2.0, gumbel=0.5))
     return BiGRConfig(**{**base, **overrides})
 
 
@@ -39,6 +43,15 @@ def quiet_config(**overrides) -> BiGRConfig:
 def tiny_model(seed=0, **overrides) -> BiGR:
     torch.manual_seed(seed)
     return BiGR(tiny_config(**overrides))
+
+
+def lively_model(seed=0) -> BiGR:
+    """A tiny model without the zero-initialised layers, so the transcoder's p is not 1/2 everywhere."""
+    model = tiny_model(seed).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
 
 
 def random_tokens(B, cfg, seed=0):
@@ -86,10 +99,10 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_config_validation_and_json_round_trip():
-    cfg = BiGRConfig.preset("tiny-32", cfg=3.0)
+    cfg = BiGRConfig.preset("tiny-32", sampling=dict(cfg=4.0))
     assert BiGRConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert cfg.grid == 8 and cfg.cfg == 3.0
-    assert cfg.sampling_defaults()["num_iter"] == cfg.num_iter
+    assert cfg.grid == 8 and cfg.sampling.cfg == 4.0
+    assert cfg.sampling == SamplingConfig(**{**PRESETS["tiny-32"]["sampling"], "cfg": 4.0})   # the rest: the preset's
     with pytest.raises(ValueError, match="unknown BiGR preset 'nope'.*tiny-32"):
         BiGRConfig.preset("nope")
     with pytest.raises(ValueError, match="unknown BiGRConfig fields \\['bogus'\\]"):
@@ -98,10 +111,50 @@ def test_config_validation_and_json_round_trip():
         tiny_config(num_tokens=15)
     with pytest.raises(ValueError, match="divisible by 4"):
         tiny_config(dim=36, n_head=6)
-    with pytest.raises(ValueError, match="order 'best'"):
-        tiny_config(order="best")
-    with pytest.raises(ValueError, match="diffusion_steps"):
-        tiny_config(diffusion_steps=17)
+    with pytest.raises(ValueError, match="order 'best' is not one of"):
+        tiny_config(sampling=dict(order="best"))
+    with pytest.raises(ValueError, match="diffusion_steps must be in 1..T=16, got 17"):
+        tiny_config(sampling=dict(diffusion_steps=17))
+
+
+def test_configs_written_before_the_sampling_group_still_load():
+    """Checkpoints of earlier versions hold the sampling settings as top-level fields of config.json."""
+    cfg = BiGRConfig.preset("tiny-32")
+    old = {k: v for k, v in cfg.to_dict().items() if k != "sampling"}
+    old.update(num_iter=7, cfg=2.5, cfg_schedule="linear", gumbel=0.2, gumbel_schedule="down", order="confidence",
+               diffusion_steps=30, temperature=0.9)
+    loaded = BiGRConfig.from_dict(old)
+    assert loaded.sampling == SamplingConfig(num_iter=7, cfg=2.5, cfg_schedule="linear", gumbel=0.2,
+                                             gumbel_schedule="down", order="confidence", diffusion_steps=30,
+                                             temperature=0.9)
+    assert {k: v for k, v in loaded.to_dict().items() if k != "sampling"} == \
+        {k: v for k, v in cfg.to_dict().items() if k != "sampling"}
+
+
+def test_sampling_settings_are_checked_by_name_and_value():
+    s = SamplingConfig()
+    assert s.replace(cfg=1.0).cfg == 1.0 and s.cfg == 2.5            # frozen: replace returns a new one
+    with pytest.raises(TypeError, match="unknown sampling setting.*cfg_scale.*num_iter"):
+        s.replace(cfg_scale=2.0)
+    for bad, message in [(dict(num_iter=0), "num_iter must be >= 1"), (dict(temperature=0.0), "temperature"),
+                         (dict(gumbel=-1.0), "gumbel must be >= 0"), (dict(mask_schedule="sqrt"), "mask_schedule"),
+                         (dict(cfg_schedule="cos"), "cfg_schedule"), (dict(gumbel_schedule="x"), "gumbel_schedule")]:
+        with pytest.raises(ValueError, match=message):
+            SamplingConfig(**bad)
+    model = tiny_model()
+    with pytest.raises(TypeError, match="unknown sampling setting"):
+        model.generate(torch.tensor([0]), cfg_scale=2.0)
+
+
+def test_bigr_builds_on_the_meta_device():
+    """How a big checkpoint is loaded without allocating its weights twice: build on meta, then assign."""
+    with torch.device("meta"):
+        model = BiGR(BiGRConfig.preset("BiGR-XXL"))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 1480
+    assert model.backbone.layers[0].attention.wqkv.weight.is_meta
+    # what the meta build cannot hold is computed on the CPU: the schedule and the rotary tables
+    assert not model.transcoder.k.is_meta and model.transcoder.k[-1] == 0
+    assert not model.backbone.rope_cos.is_meta
 
 
 def count_params_meta(cfg: BiGRConfig) -> int:
@@ -129,10 +182,10 @@ def test_model_parameters_are_backbone_plus_denoiser():
 def test_small_presets_build_and_sampling_defaults_match_the_paper():
     for name in PRESETS:
         BiGRConfig.preset(name)
-    assert [BiGRConfig.preset(n).num_iter for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")] == [20, 25, 25]
-    assert [BiGRConfig.preset(n).gumbel for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")] == [0.17, 0.25, 0.30]
-    assert {(BiGRConfig.preset(n).cfg, BiGRConfig.preset(n).diffusion_steps) for n in ("BiGR-L", "BiGR-XXL")} \
-        == {(2.5, 100)}
+    published = [BiGRConfig.preset(n).sampling for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")]
+    assert [s.num_iter for s in published] == [20, 25, 25]
+    assert [s.gumbel for s in published] == [0.17, 0.25, 0.30]
+    assert {(s.cfg, s.diffusion_steps) for s in published} == {(2.5, 100)}
     tiny = BiGRConfig.preset("tiny-32")
     assert (tiny.grid, tiny.K, tiny.num_classes) == (8, 16, 10)
     assert 0.5e6 < count_params_meta(tiny) < 5e6
@@ -331,13 +384,20 @@ def test_class_mix_interpolates_class_embeddings():
 # ----------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------
+def generate_with_order(model, labels, **kwargs):
+    """generate, plus revealed_at (B, N): the step 1..I that revealed each token (0: given), from the callback."""
+    reveal = RevealOrder(kwargs.get("given"))
+    out = model.generate(labels, callback=reveal, **kwargs)
+    return out, reveal.revealed_at
+
+
 def test_generate_returns_bits_and_reveals_everything():
     model = tiny_model()
     labels = torch.tensor([0, 3, 4])
-    out, revealed_at = model.generate(labels, generator=torch.Generator().manual_seed(0), return_order=True)
+    out, revealed_at = generate_with_order(model, labels, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, model.config.num_tokens, model.config.K)
     assert ((out == 0) | (out == 1)).all()
-    assert ((revealed_at >= 1) & (revealed_at <= model.config.num_iter)).all()
+    assert ((revealed_at >= 1) & (revealed_at <= model.config.sampling.num_iter)).all()
     assert model.training                              # generate restores the caller's mode
     again = model.generate(labels, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
@@ -352,9 +412,8 @@ def test_generate_keeps_given_tokens(ragged):
     given[:, : cfg.num_tokens // 2] = True
     if ragged:
         given[1, -1] = True                           # rows with different numbers of tokens to generate
-    out, revealed_at = model.generate(torch.tensor([0, 1, 2]), tokens=tokens, given=given, cfg=1.5,
-                                      cfg_schedule="linear", generator=torch.Generator().manual_seed(1),
-                                      return_order=True)
+    out, revealed_at = generate_with_order(model, torch.tensor([0, 1, 2]), tokens=tokens, given=given, cfg=1.5,
+                                           cfg_schedule="linear", generator=torch.Generator().manual_seed(1))
     assert torch.equal(out[given], tokens[given])
     assert ((out == 0) | (out == 1)).all()
     assert (revealed_at[given] == 0).all() and (revealed_at[~given] > 0).all()
@@ -379,6 +438,47 @@ def test_one_step_generation_equals_backbone_then_transcoder(cfg_scale):
         p = model.transcoder.sample(h, h_null if cfg_scale != 1.0 else None, steps=5, cfg=cfg_scale,
                                     generator=torch.Generator().manual_seed(7))
     assert torch.equal(out, (p > 0.5).float().view(B, N, cfg.K))
+
+
+def test_fixed_count_gather_gives_the_tokens_of_the_general_path():
+    """masked_probs with the host-known count (a fixed-size gather) and without it (boolean indexing) feed the
+    chain the same tokens in the same order: on the same generator they return the same p."""
+    model = lively_model()
+    cfg = model.config
+    B, N, n = 3, cfg.num_tokens, 5
+    scores = torch.rand(B, N, generator=torch.Generator().manual_seed(0))
+    mask = scores.argsort(1).argsort(1) < n                       # exactly n masked tokens per row, scattered
+    h = torch.randn(2 * B, N, cfg.dim, generator=torch.Generator().manual_seed(1))
+    chain = dict(steps=6, temperature=0.8, cfg=2.0)
+    fixed = masked_probs(model.transcoder, h, mask, n, torch.Generator().manual_seed(2), **chain)
+    general = masked_probs(model.transcoder, h, mask, None, torch.Generator().manual_seed(2), **chain)
+    assert torch.equal(fixed, general)
+    assert (fixed[~mask] == 0.5).all() and not (fixed[mask] == 0.5).all()
+
+
+@pytest.mark.parametrize("given_half", [False, True])
+def test_generate_gives_the_same_tokens_without_the_host_counts(given_half, monkeypatch):
+    """The fast path (counts known on the host) is a speed-up only: forcing the general path changes nothing."""
+    model = lively_model()
+    cfg = model.config
+    labels, tokens = torch.tensor([0, 2, 4]), random_tokens(3, cfg, seed=2)
+    given = None
+    if given_half:
+        given = torch.zeros(3, cfg.num_tokens, dtype=torch.bool)
+        given[:, ::2] = True
+    kw = dict(tokens=tokens if given_half else None, given=given, num_iter=5)
+    assert masked_counts(given, cfg.num_tokens, cfg.sampling.replace(num_iter=5)) is not None
+    fast = model.generate(labels, generator=torch.Generator().manual_seed(9), **kw)
+    monkeypatch.setattr(model_module, "masked_counts", lambda *args: None)
+    general = model.generate(labels, generator=torch.Generator().manual_seed(9), **kw)
+    assert torch.equal(fast, general)
+
+
+def test_generate_is_short():
+    """generate reads as the algorithm (docs/method.md §5): the speed-only code lives in helpers."""
+    import inspect
+
+    assert len(inspect.getsource(BiGR.generate).splitlines()) <= 45
 
 
 def test_generate_class_mix_endpoints():

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 def tiny_config(**overrides) -> BiGRConfig:
     base = dict(K=8, num_classes=5, num_tokens=16, dim=32, n_layer=2, n_head=2, multiple_of=32,
-                transcoder_width=32, transcoder_blocks=2, T=16, diffusion_steps=8, num_iter=4)
+                transcoder_width=32, transcoder_blocks=2, T=16, sampling=dict(diffusion_steps=8, num_iter=4))
     return BiGRConfig(**{**base, **overrides})
 
 
@@ -111,7 +111,8 @@ def test_forward_matches_an_independent_official_implementation(use_adaLN, n_hea
 @pytest.mark.parametrize("use_adaLN", [True, False])
 def test_official_layout_round_trip(use_adaLN, tmp_path):
     torch.manual_seed(0)
-    model = trained_looking(BiGR(tiny_config(use_adaLN=use_adaLN, cfg=3.5)), 1)
+    model = trained_looking(BiGR(tiny_config(use_adaLN=use_adaLN, sampling=dict(diffusion_steps=8, num_iter=4,
+                                                                              cfg=3.5))), 1)
     sd = to_official_bigr(model)
     assert "cls_embedding.embedding_table.weight" in sd and "layers.1.attention.wqkv.weight" in sd
     assert ("adaLN.1.weight" in sd) == use_adaLN and ("layers.0.ada_gss" in sd) == use_adaLN
@@ -119,7 +120,7 @@ def test_official_layout_round_trip(use_adaLN, tmp_path):
     assert sd["diffusion_processor.scheduler.k_final"].shape == (17,)
     assert torch.equal(sd["denoise_mlp.x_embedder.weight"], sd["diffusion_processor._denoise_fn.x_embedder.weight"])
 
-    loaded = load_bigr(sd, num_heads=2, cfg=3.5, num_iter=4, diffusion_steps=8)     # sampling: not in weights
+    loaded = load_bigr(sd, num_heads=2, sampling=dict(cfg=3.5, num_iter=4, diffusion_steps=8))  # not in weights
     assert loaded.config == model.config and not loaded.training
     tokens, labels, mask = random_inputs(model.config)
     with torch.no_grad():
@@ -163,10 +164,10 @@ def test_sizes_and_schedule_are_read_off_the_weights():
     inferred = infer_bigr_config(sd, num_heads=2)
     assert {k: getattr(cfg, k) for k in inferred} == inferred
     sampling = dict(num_iter=4, diffusion_steps=8)
-    assert load_bigr(sd, num_heads=2, **sampling).config == cfg
-    assert load_bigr(sd, num_heads=2).config.diffusion_steps == 20            # default S = 100, capped at T
+    assert load_bigr(sd, num_heads=2, sampling=sampling).config == cfg
+    assert load_bigr(sd, num_heads=2).config.sampling.diffusion_steps == 20       # default S = 100, capped at T
     sd.pop("diffusion_processor.scheduler.k_final")
-    assert load_bigr(sd, num_heads=2, T=20, schedule="cos", **sampling).config == cfg   # no schedule buffer
+    assert load_bigr(sd, num_heads=2, T=20, schedule="cos", sampling=sampling).config == cfg   # no schedule buffer
 
 
 @pytest.mark.parametrize("name, heads", [("BiGR-L", 16), ("BiGR-XL", 20), ("BiGR-XXL", 24)])

@@ -9,7 +9,7 @@ import minibigr
 from minibigr.cli import main
 from minibigr.data import DatasetNotFound, load_dataset
 from minibigr.evaluate import evaluate_tokenizer
-from minibigr.shipped import pretrained_dir
+from minibigr.shipped import shipped_dir
 
 
 @pytest.fixture(scope="module")
@@ -26,32 +26,36 @@ def fashion_test():
 
 
 def test_shipped_pair_fits_together(shipped):
-    tok, model = shipped
+    tok, model = shipped.tokenizer, shipped.model
+    assert isinstance(shipped, minibigr.BiGRPipeline)
     assert not tok.training and not model.training
     assert model.config.K == tok.config.K
     assert model.config.num_tokens == tok.config.num_tokens
     assert model.config.num_classes == 10
-    size = sum(f.stat().st_size for f in pretrained_dir("fashion-mnist").rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in shipped_dir("fashion-mnist").rglob("*") if f.is_file())
     assert size <= 20e6, "the shipped weights must stay under 20 MB"
 
 
 def test_shipped_tokenizer_reconstructs_above_24_db(shipped, fashion_test):
-    tok, _ = shipped
-    report = evaluate_tokenizer(tok, fashion_test, limit=1000)
+    report = evaluate_tokenizer(shipped.tokenizer, fashion_test, limit=1000)
     assert report["psnr_db"] >= 24.0, report
     usage = report["code_usage"]
     assert usage["distinct_codes"] > 1000        # 64k tokens spread over many of the 2^16 codes
     assert 0.2 < usage["bit_mean"] < 0.8
 
 
-def test_generate_with_recommended_settings(shipped):
-    tok, model = shipped
-    tokens = model.generate(torch.tensor([0, 5]), generator=torch.Generator().manual_seed(0))
-    assert tokens.shape == (2, model.config.num_tokens, model.config.K)
-    assert set(tokens.unique().tolist()) <= {0.0, 1.0}
-    h = w = tok.config.latent_size
-    images = tok.decode(tokens.transpose(1, 2).reshape(2, model.config.K, h, w))
-    assert images.shape == (2, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+def test_the_readme_example(shipped):
+    """The README's five lines: labels in, images out, and tokens round trip through encode / decode."""
+    pipe = minibigr.pretrained("fashion-mnist")
+    images = pipe(torch.tensor([0, 1, 7, 9]), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (4, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+    tokens = pipe.encode(images)
+    assert tokens.shape == (4, 64, 16) and set(tokens.unique().tolist()) <= {0.0, 1.0}
+    assert (pipe.encode(pipe.decode(tokens)) == tokens).float().mean() > 0.9      # nearly a fixed point
+    # the pipeline is the model's generate followed by the tokenizer's decode, on the same draws
+    tokens = pipe.model.generate(torch.tensor([0, 1, 7, 9]), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pipe.decode(tokens), images)
+    assert torch.equal(pipe([0, 1, 7, 9], generator=torch.Generator().manual_seed(0)), images)
 
 
 def test_demo_writes_everything_it_announces(tmp_path, fashion_test, capsys):

@@ -4,7 +4,7 @@ block features are exactly BiGR.features."""
 import pytest
 import torch
 
-from minibigr import probe
+from minibigr import BiGRPipeline, probe
 from minibigr.model import BiGR, BiGRConfig
 
 
@@ -109,11 +109,13 @@ def test_extract_features_and_pixels_on_a_tiny_dataset(tiny):
     g = torch.Generator().manual_seed(1)
     data = ArrayDataset(torch.randint(0, 256, (30, 1, 16, 16), generator=g, dtype=torch.uint8).numpy(),
                         torch.randint(0, 3, (30,), generator=g).numpy(), ["a", "b", "c"])
-    feats, y = probe.extract_features(tiny, tok, data, [1, 2], batch_size=7, limit=20)
+    pipe = BiGRPipeline(tok, tiny)
+    feats, y = probe.extract_features(pipe, data, [1, 2], batch_size=7, limit=20)
     assert sorted(feats) == [1, 2] and feats[1].shape == (20, 32) and torch.equal(y, torch.from_numpy(data.labels[:20]))
     px, py = probe.pixel_features(data, limit=20, batch_size=6)
     assert px.shape == (20, 256) and torch.equal(py, y)
-    result = probe.probe_model(tiny, tok, data, data, layers=[0, 2], limit=30, batch_size=16, max_iter=20)
+    torch.testing.assert_close(feats[1][:4], tiny.features(pipe.encode(data.get_batch(range(4))[0]), layer=1))
+    result = probe.probe_model(pipe, data, data, layers=[0, 2], limit=30, batch_size=16, max_iter=20)
     assert result["layer"] in (0, 2) and set(result["pixels"]) == {"heldout", "l2", "test"}
     # one probe per pooling; the chosen one has the best held-out score, whatever its test score
     assert set(result["pools"]) == {"mean", "2x2"}

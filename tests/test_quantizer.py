@@ -1,4 +1,4 @@
-"""The PyTorch binary quantizer against the NumPy reference, plus its own properties (SPEC §1.1)."""
+"""The PyTorch binary quantizer against the NumPy reference, plus its own properties (docs/method.md §1.1)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""The PyTorch entropy-ordered sampler against the NumPy + Numba reference, plus its properties (SPEC §1.5).
+"""The PyTorch entropy-ordered sampler against the NumPy + Numba reference, plus its properties
+(docs/method.md §5).
 
 Both loops get the same predictor (a fixed NumPy function of the tokens, the mask and the step),
 the same Gumbel draws (I, B, N) and the same uniforms (I, B, N, K).
@@ -151,11 +152,13 @@ def test_sampling_loop_matches_reference(seed, B, N, K, num_iter, order, gumbel,
     tokens = (rng.random((B, N, K)) < 0.5).astype(np.float64)
     given_mask = rng.random((B, N)) < 0.3 if with_given else None
     gumbels, uniforms = rng.gumbel(size=(num_iter, B, N)), rng.random((num_iter, B, N, K))
-    ours, revealed_at = ms.sample_tokens(
-        predict_ours, torch.from_numpy(tokens), None if given_mask is None else torch.from_numpy(given_mask),
-        num_iter=num_iter, order=order, gumbel=gumbel, gumbel_schedule=gumbel_schedule,
-        deterministic=deterministic, mask_schedule=mask_schedule, gumbels=torch.from_numpy(gumbels),
-        uniforms=torch.from_numpy(uniforms))
+    given_ours = None if given_mask is None else torch.from_numpy(given_mask)
+    settings = ms.SamplingConfig(num_iter=num_iter, order=order, gumbel=gumbel, gumbel_schedule=gumbel_schedule,
+                                 deterministic=deterministic, mask_schedule=mask_schedule)
+    reveal = ms.RevealOrder(given_ours)
+    ours = ms.sample_tokens(predict_ours, torch.from_numpy(tokens), given_ours, settings,
+                            gumbels=torch.from_numpy(gumbels), uniforms=torch.from_numpy(uniforms), callback=reveal)
+    revealed_at = reveal.revealed_at
     ref, revealed_at_ref = rs.sample_tokens(predict_ref, tokens, given_mask, num_iter, gumbels, uniforms,
                                             order=order, gumbel=gumbel, gumbel_schedule=gumbel_schedule,
                                             deterministic=deterministic, mask_schedule=mask_schedule)
@@ -170,10 +173,12 @@ def run_loop(lib, p, given_mask, tokens, num_iter, rng, uniforms=None, **options
     uniforms = rng.random((num_iter, B, N, K)) if uniforms is None else uniforms
     if lib is rs:
         return rs.sample_tokens(lambda *_: p, tokens, given_mask, num_iter, gumbels, uniforms, **options)
-    out, revealed_at = ms.sample_tokens(
-        lambda *_: torch.from_numpy(p), torch.from_numpy(tokens), torch.from_numpy(given_mask), num_iter=num_iter,
-        gumbels=torch.from_numpy(gumbels), uniforms=torch.from_numpy(uniforms), **options)
-    return out.numpy(), revealed_at.numpy()
+    reveal = ms.RevealOrder(torch.from_numpy(given_mask))
+    settings = ms.SamplingConfig(num_iter=num_iter, **{"gumbel": 0.0, **options})     # the reference's defaults
+    out = ms.sample_tokens(lambda *_: torch.from_numpy(p), torch.from_numpy(tokens), torch.from_numpy(given_mask),
+                           settings, gumbels=torch.from_numpy(gumbels), uniforms=torch.from_numpy(uniforms),
+                           callback=reveal)
+    return out.numpy(), reveal.revealed_at.numpy()
 
 
 @SETTINGS

@@ -10,18 +10,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minibigr.tokenizer import (
-    LPIPS,
-    PRESETS,
-    BinaryAutoencoder,
+from minibigr.gan import (
     PatchDiscriminator,
-    TokenizerConfig,
     adaptive_weight,
     diff_augment,
     generator_adv_loss,
     hinge_d_loss,
     rand_translation,
 )
+from minibigr.lpips import LPIPS
+from minibigr.tokenizer import PRESETS, BinaryAutoencoder, TokenizerConfig
 
 torch.set_num_threads(1)
 
@@ -174,6 +172,23 @@ def test_wrong_bits_raise(shape):
         tiny_model().decode(torch.zeros(shape))
 
 
+def test_tokens_are_the_grid_in_raster_order():
+    """encode_tokens / decode_tokens: (B, N, K) with token n = grid cell (n // w, n % w), the model's currency."""
+    tok = tiny_model(seed=2)
+    x = images(tok.config, B=3)
+    bits = tok.encode(x, deterministic=True)                                       # (3, K, 4, 4)
+    tokens = tok.encode_tokens(x, deterministic=True)
+    K, (h, w) = tok.config.K, tok.grid_size
+    assert tokens.shape == (3, h * w, K)
+    for n in (0, 1, w, h * w - 1):
+        assert torch.equal(tokens[:, n], bits[:, :, n // w, n % w])
+    assert torch.equal(tok.decode_tokens(tokens), tok.decode(bits))
+    assert torch.equal(tok.encode_tokens(x, generator=torch.Generator().manual_seed(4)),
+                       tok.encode(x, generator=torch.Generator().manual_seed(4)).flatten(2).transpose(1, 2))
+    with pytest.raises(ValueError, match=rf"expected tokens of shape \(B, N=16, K={K}\), got \(3, {K}, 16\)"):
+        tok.decode_tokens(tokens.transpose(1, 2))
+
+
 def test_reconstruction_loss_falls_when_overfitting_one_batch():
     tok = tiny_model(seed=1).train()
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 8), torch.linspace(0, 1, 8), indexing="ij")
@@ -200,10 +215,10 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     tok = tiny_model(seed=3, in_channels=1, image_range="symmetric")
     tok.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
-    again = BinaryAutoencoder.from_pretrained(tmp_path).eval()
+    again = BinaryAutoencoder.from_pretrained(tmp_path)
     x = images(tok.config)
     bits = tok.encode(x, deterministic=True)
-    assert again.config == tok.config
+    assert again.config == tok.config and not again.training
     assert torch.equal(again.encode_probs(x), tok.encode_probs(x))
     assert torch.equal(again.decode(bits), tok.decode(bits))
 

@@ -14,20 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minibigr.codes import CodeCache, encode_dataset
+from minibigr.data import batch_indices
 from minibigr.model import BiGR, BiGRConfig
+from minibigr.pipeline import BiGRPipeline
 from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
-from minibigr.train import (
-    CodeCache,
-    TrainSettings,
-    batch_indices,
-    bits_to_tokens,
-    encode_dataset,
-    lr_at,
-    plot_log,
-    tokens_to_bits,
-    train_bigr,
-    train_tokenizer,
-)
+from minibigr.train import TrainSettings, lr_at, plot_log, train_bigr, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,12 +75,11 @@ def test_lr_warmup_then_cosine():
 def test_code_cache_round_trip(tmp_path):
     tok = tiny_tokenizer()
     data = TinyImages()
-    cache = encode_dataset(tok, data, tmp_path / "codes", batch_size=5, device="cpu")
-    bits = tok.encode(data.x, deterministic=True)
+    cache = encode_dataset(tok, data, tmp_path / "codes", batch_size=5)
     tokens, labels = cache.get_batch(torch.tensor([3, 0, 15]))
-    assert torch.equal(tokens, bits_to_tokens(bits)[[3, 0, 15]])
+    assert torch.equal(tokens, tok.encode_tokens(data.x, deterministic=True)[[3, 0, 15]])
     assert torch.equal(labels, data.y[[3, 0, 15]])
-    assert torch.equal(tokens_to_bits(bits_to_tokens(bits), *bits.shape[2:]), bits)
+    assert (cache.K, cache.h, cache.w) == (tok.config.K, *tok.grid_size)
     (tmp_path / "codes" / "labels.npy").unlink()
     np.save(tmp_path / "codes" / "labels.npy", np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="incomplete"):
@@ -112,7 +103,7 @@ def test_plot_log_writes_a_png_and_leaves_the_backend_alone(tmp_path):
 
 
 def _bigr_codes(tmp_path):
-    return encode_dataset(tiny_tokenizer(), TinyImages(), tmp_path / "codes", batch_size=8, device="cpu")
+    return encode_dataset(tiny_tokenizer(), TinyImages(), tmp_path / "codes", batch_size=8)
 
 
 def test_bigr_resume_is_exact(tmp_path):
@@ -150,6 +141,22 @@ def test_tokenizer_resume_is_exact_across_gan_start(tmp_path):
     assert "d_loss" not in rows[0] and "d_loss" in rows[-1]       # the GAN switched on at disc_start=2
 
 
+def test_a_run_trained_with_its_tokenizer_is_a_pipeline(tmp_path):
+    """train_bigr(..., tokenizer=) keeps a copy of the tokenizer in the run: from_pretrained(run) loads both."""
+    tok = tiny_tokenizer().eval()
+    codes = encode_dataset(tok, TinyImages(), tmp_path / "codes", batch_size=8)
+    ema = train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(
+        out_dir=str(tmp_path / "run"), steps=2, batch_size=4, lr=1e-3, device="cpu", sample_every=2), tokenizer=tok)
+    assert (tmp_path / "run" / "samples_0000002.png").stat().st_size > 0
+    for spec in (tmp_path / "run", tmp_path / "run" / "model"):
+        pipe = BiGRPipeline.from_pretrained(spec)
+        assert pipe.model.config == ema.config
+        images = torch.rand(2, 3, 16, 16)
+        assert torch.equal(pipe.encode(images), tok.encode_tokens(images, deterministic=True))
+        tokens = pipe.model.generate(torch.tensor([0, 3]), generator=torch.Generator().manual_seed(0))
+        assert torch.equal(tokens, ema.generate(torch.tensor([0, 3]), generator=torch.Generator().manual_seed(0)))
+
+
 def test_resume_refuses_changed_batch_size(tmp_path):
     codes = _bigr_codes(tmp_path)
     s = dict(steps=1, lr=1e-3, device="cpu")
@@ -168,7 +175,8 @@ def test_resume_refuses_changed_model_config_but_not_sampling_defaults(tmp_path)
     wider = BiGR(BiGRConfig(**{**tiny_bigr(num_tokens=n).config.to_dict(), "dim": 64}))
     with pytest.raises(ValueError, match="dim: 32 -> 64"):
         train_bigr(wider, codes, s)
-    other_cfg = BiGR(BiGRConfig(**{**tiny_bigr(num_tokens=n).config.to_dict(), "cfg": 1.5, "order": "raster"}))
+    other_cfg = BiGR(BiGRConfig(**{**tiny_bigr(num_tokens=n).config.to_dict(),
+                                   "sampling": dict(cfg=1.5, order="raster")}))
     train_bigr(other_cfg, codes, TrainSettings(**{**s.__dict__, "steps": 2}))
     assert torch.load(tmp_path / "r" / "train_state.pt", weights_only=True)["step"] == 2
 
@@ -186,8 +194,8 @@ def test_cli_train_sets_config_fields_and_guards_resume(tmp_path, capsys):
     assert (config["dim"], config["n_layer"], config["n_head"], config["use_adaLN"]) == (32, 1, 2, False)
     assert main([*run, "--steps", "2", *small, "--set", "dim=64"]) == 2
     assert "dim: 32 -> 64" in capsys.readouterr().err
-    assert main([*run, "--steps", "2", *small, "--set", "cfg=1.5"]) == 0      # a sampling default may change
-    assert json.loads((out / "model" / "config.json").read_text())["cfg"] == 1.5
+    assert main([*run, "--steps", "2", *small, "--set", "sampling.cfg=1.5"]) == 0      # a sampling default may change
+    assert json.loads((out / "model" / "config.json").read_text())["sampling"]["cfg"] == 1.5
     for bad, named in (("width=3", "width"), ("dim=wide", "dim"), ("use_adaLN=maybe", "use_adaLN"), ("dim", "dim")):
         assert main([*run, "--steps", "2", "--set", bad]) == 2
         err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The PyTorch Bernoulli transcoder against the NumPy + Numba reference, plus its properties (SPEC §1.4).
+"""The PyTorch Bernoulli transcoder against the NumPy + Numba reference, plus its properties (docs/method.md §4).
 
 Equivalence tests run the PyTorch side in float64 and feed both sides the same explicit uniforms.
 """

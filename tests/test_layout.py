@@ -1,0 +1,81 @@
+"""The package's imports point one way: cores -> model -> pipeline -> apps / training / evaluation -> cli.
+
+Every module of minibigr/ has a layer below; a module may import only from lower layers, sibling imports sit
+at the top of the file (never inside a function), and nothing imports the reference implementation.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "minibigr"
+
+LAYERS = {
+    # files and the algorithmic cores that need nothing else of the package
+    "quantizer": 0, "checkpoint": 0, "shipped": 0, "images": 0, "gan": 0, "data": 0,
+    "transcoder": 1, "sampler": 1, "lpips": 1, "codes": 1,
+    "config": 2,
+    "backbone": 3, "tokenizer": 3,
+    "model": 4,
+    "pipeline": 5, "official": 5,
+    # what is built on a pipeline: applications, training, evaluation
+    "apps": 6, "train": 6, "evaluate": 6, "probe": 6, "classifier": 6, "inception": 6,
+    "demo": 7,
+    "cli": 8,
+}
+
+
+def sibling_imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported sibling module, whether the import is at the top level) for every import in the file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minibigr."):
+            names = [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("minibigr.")]
+        else:
+            continue
+        found += [(name.split(".")[0], id(node) in top) for name in names]
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def test_every_module_has_a_layer():
+    assert {p.stem for p in modules()} == set(LAYERS)
+
+
+def test_imports_point_down_the_layers_and_sit_at_the_top():
+    for path in modules():
+        for name, at_top in sibling_imports(path):
+            assert at_top, f"{path.name} imports .{name} inside a function: sibling imports go at the top"
+            assert LAYERS[name] < LAYERS[path.stem], (
+                f"{path.name} (layer {LAYERS[path.stem]}) imports {name} (layer {LAYERS[name]}): imports point down")
+
+
+def test_no_import_cycle_and_no_reference():
+    graph = {p.stem: {name for name, _ in sibling_imports(p)} for p in modules()}
+    done, active = set(), []
+
+    def visit(node):
+        assert node not in active, "import cycle: " + " -> ".join([*active[active.index(node):], node])
+        if node in done:
+            return
+        active.append(node)
+        for target in graph[node]:
+            visit(target)
+        active.pop()
+        done.add(node)
+
+    for node in graph:
+        visit(node)
+    for path in PACKAGE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert not any(m == "reference" or m.startswith("reference.") for m in imported), path.name
