@@ -128,11 +128,6 @@ PRESETS: dict[str, dict] = {
     "tiny-32": dict(K=16, num_classes=10, num_tokens=64, dim=128, n_layer=4, n_head=4, multiple_of=64,
                     transcoder_blocks=2, transcoder_width=256,
                     sampling=dict(num_iter=10, cfg=3.0, gumbel=0.03, diffusion_steps=50)),
-    # tiny-32 twice as wide: the shipped Fashion-MNIST model (GPU-trained). Width and epochs, not depth,
-    # lifted its linear probe above raw pixels (README, "Shipped model").
-    "wide-32": dict(K=16, num_classes=10, num_tokens=64, dim=256, n_layer=4, n_head=4, multiple_of=64,
-                    transcoder_blocks=2, transcoder_width=256,
-                    sampling=dict(num_iter=10, cfg=3.0, gumbel=0.03, diffusion_steps=50)),
     # CIFAR-10 size, for a GPU
     "small-32": dict(K=16, num_classes=10, num_tokens=64, dim=384, n_layer=8, n_head=6, multiple_of=128,
                      transcoder_blocks=3, transcoder_width=512,
@@ -142,3 +137,6 @@ PRESETS: dict[str, dict] = {
                      transcoder_blocks=3, transcoder_width=768,
                      sampling=dict(num_iter=20, cfg=2.5, gumbel=0.17, diffusion_steps=100)),
 }
+# tiny-32 twice as wide: the shipped Fashion-MNIST model (GPU-trained). Width and epochs, not depth,
+# lifted its linear probe above raw pixels (README, "Shipped model").
+PRESETS["wide-32"] = {**PRESETS["tiny-32"], "dim": 256}

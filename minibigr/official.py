@@ -132,7 +132,8 @@ def load_bae(state_dict_or_path, image_size: int = 256, **overrides):
 
     Sizes, attention resolutions, norm_first and gen_mul are read off the weights; image_size cannot be
     (the weights fit any size) and decides which resolution the attention levels stand for. overrides
-    set any other TokenizerConfig field (the official images are in [0,1]: image_range="unit").
+    set any other TokenizerConfig field (the official images are in [0,1]: image_range="unit"). The model is
+    returned in eval mode.
     """
     source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
     state = _strip_bae_prefix(read_state_dict(state_dict_or_path))
@@ -140,7 +141,7 @@ def load_bae(state_dict_or_path, image_size: int = 256, **overrides):
     cfg = TokenizerConfig.from_dict({**infer_bae_config(state, image_size), **overrides})
     model = BinaryAutoencoder(cfg)
     load_strict(model, state, str(source))
-    return model
+    return model.eval()
 
 
 def to_official_bae(tok, with_logsigma: bool = True) -> dict[str, torch.Tensor]:

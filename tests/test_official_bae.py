@@ -165,7 +165,7 @@ def test_minibigr_matches_the_authors_layout_and_forward_pass(c):
     assert [kind_of(b) for b in blocks_of(state, "generator")] == gen_plan
 
     loaded = load_bae(state, image_size=8)
-    assert structure(loaded.config) == structure(tok.config)
+    assert structure(loaded.config) == structure(tok.config) and not loaded.training
     g = torch.Generator().manual_seed(c["seed"])
     x = torch.rand(2, c["in_channels"], 8, 8, generator=g)
     bits = (torch.rand(2, c["K"], *tok.encode_probs(x).shape[2:], generator=g) < 0.5).float()
