@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -125,11 +126,12 @@ class Checkpointed:
         return model.to(device).eval()
 
 
-def read_state_dict(source, entry: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(source, entry: str | None = None, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A state dict from a path (``.pt`` / ``.th`` / ``.pth`` / ``.safetensors``) or a dict already in memory.
 
     Pickled files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, never
-    arbitrary objects. ``entry`` picks a sub-dict such as "model" or "ema" when the file holds several.
+    arbitrary objects; ``mmap`` maps a zip-format file instead of reading it, so a tensor takes memory only
+    when it is used. ``entry`` picks a sub-dict such as "model" or "ema" when the file holds several.
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -139,7 +141,7 @@ def read_state_dict(source, entry: str | None = None) -> dict[str, torch.Tensor]
             state = load_file(path)
         else:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
             except Exception as e:  # corrupt, truncated, or not a tensors-only file
                 raise ValueError(f"cannot read checkpoint {path}: {e}") from e
     elif isinstance(source, dict):

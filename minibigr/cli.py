@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import apps
+from . import apps, official
 from .classifier import load_or_train_classifier
 from .codes import CodeCache, encode_dataset
 from .config import BiGRConfig
@@ -34,7 +34,7 @@ from .tokenizer import BinaryAutoencoder, TokenizerConfig
 from .train import RECIPES, bigr_settings, tokenizer_settings, train_bigr, train_tokenizer
 
 # bad input (arguments, files, configs) ends in one line; anything else is a bug and keeps its traceback
-KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError)
+KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, official.MissingExtra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,11 +138,13 @@ def cmd_demo(args):
              fast=args.fast)
 
 
-def _check_label(label: int, pipe: BiGRPipeline, what: str = "label") -> int:
+def _check_label(label: str, pipe: BiGRPipeline, what: str = "label") -> int:
+    """A class given on the command line, by number or (for a model with class names) by name."""
     C = pipe.model.config.num_classes
-    if not 0 <= label < C:
+    number = int(pipe.labels(int(label) if label.lstrip("-").isdigit() else label)[0])
+    if not 0 <= number < C:
         raise ValueError(f"{what} {label} is out of range: this model has classes 0..{C - 1}")
-    return label
+    return number
 
 
 def _read_image(path: str, pipe: BiGRPipeline, mask: bool = False) -> torch.Tensor:
@@ -311,7 +313,8 @@ def _overrides(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 def add_models(sp):
     sp.add_argument("--model", default="fashion-mnist",
-                    help="shipped name, or a directory holding tokenizer/ and model/ (a `minibigr train` run)")
+                    help="shipped name (fashion-mnist), published name (BiGR-L-d24, ...: from the Hugging Face "
+                         "Hub), or a directory holding tokenizer/ and model/ (a `minibigr train` run)")
     sp.add_argument("--tokenizer", help="the tokenizer's directory, when --model holds no tokenizer/")
     sp.add_argument("--device", default="auto")
 
@@ -360,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sample", help="generate images: a PNG grid (one row per class) and an .npz")
     add_models(sp)
-    sp.add_argument("--labels", type=int, nargs="+", help="class labels (default: every class)")
+    sp.add_argument("--labels", nargs="+", help="class numbers or names (default: every class), e.g. "
+                    "--labels 207 'golden retriever'")
     sp.add_argument("--per-class", type=int, default=8)
     sp.add_argument("--out", default="samples.png")
     add_sampling(sp)
@@ -391,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "OUT-compare.png (input | mask | result).")
         sp.add_argument("--image", required=True, help="input image (resized / converted to the tokenizer's)")
         sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
-        sp.add_argument("--label", type=int, required=True, help="class of the regenerated region")
+        sp.add_argument("--label", required=True, help="class of the regenerated region (number or name)")
         sp.add_argument("--out", default=f"{name}.png")
         sp.add_argument("--zoom", type=int, default=4, help="upscaling of the comparison PNG")
         add_models(sp)
@@ -399,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=cmd_paint)
 
     sp = sub.add_parser("interpolate", help="a strip of images between two classes (class-embedding mix)")
-    sp.add_argument("--from", dest="from_label", type=int, required=True, help="class at the left end")
-    sp.add_argument("--to", dest="to_label", type=int, required=True, help="class at the right end")
+    sp.add_argument("--from", dest="from_label", required=True, help="class at the left end (number or name)")
+    sp.add_argument("--to", dest="to_label", required=True, help="class at the right end (number or name)")
     sp.add_argument("--steps", type=int, default=5, help="images in the strip")
     sp.add_argument("--out", default="interpolate.png")
     sp.add_argument("--zoom", type=int, default=4, help="upscaling of the strip")

@@ -16,15 +16,13 @@ from pathlib import Path
 import torch
 
 from . import apps
-from .data import DatasetNotFound, get_batch, load_dataset
+from .data import FASHION_MNIST_CLASSES, DatasetNotFound, get_batch, load_dataset
 from .evaluate import psnr
 from .images import save_image_grid
 from .pipeline import pretrained
 from .train import train_pipeline
 
 INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", data_dir=None, fast: bool = False,
@@ -53,7 +51,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     images = pipe(labels, generator=seeded())
     save_image_grid(images, out / "samples.png", nrow=per_class)
     seconds = time.time() - t1
-    summary["samples"] = {"path": str(out / "samples.png"), "rows": list(FASHION_CLASSES),
+    summary["samples"] = {"path": str(out / "samples.png"), "rows": list(FASHION_MNIST_CLASSES),
                           "per_class": per_class, "seconds": round(seconds, 2),
                           "seconds_per_image": round(seconds / len(images), 4),
                           "sampling": pipe.model.config.sampling.to_dict()}
@@ -62,7 +60,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     strips = [apps.interpolate(pipe, y2, y1, alphas=INTERPOLATION_ALPHAS, generator=seeded()) for y1, y2 in pairs]
     save_image_grid(torch.cat(strips), out / "interpolation.png", nrow=len(INTERPOLATION_ALPHAS))
     summary["interpolation"] = {"path": str(out / "interpolation.png"), "alphas": list(INTERPOLATION_ALPHAS),
-                                "rows": [f"{FASHION_CLASSES[a]} -> {FASHION_CLASSES[b]}" for a, b in pairs]}
+                                "rows": [f"{FASHION_MNIST_CLASSES[a]} -> {FASHION_MNIST_CLASSES[b]}" for a, b in pairs]}
 
     try:
         test = load_dataset("fashion-mnist", "test", data_dir=data_dir)

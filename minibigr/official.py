@@ -1,13 +1,24 @@
-"""Load the authors' published checkpoints (github.com/haoosz/BiGR) into minibigr modules (docs/method.md §10).
+"""The authors' published checkpoints (github.com/haoosz/BiGR) as minibigr modules (docs/method.md §10).
 
-Every size is read off the tensor shapes; only what shapes cannot tell (number of heads, image
-size) is an argument. Loading is exact: the same inputs give the same outputs as the authors' code.
-Files are read with ``torch.load(..., weights_only=True)``: tensors only, never arbitrary pickles.
+    model = official.load_bigr("BiGR-L-d24")        # by name: from the Hugging Face Hub (haoosz/BiGR) and its cache
+    tok = official.load_bae("d24")
+    model = official.load_bigr("bigr_L_d24.pt")     # or a file you have, or a state dict
+
+``MODELS`` and ``BAES`` list every published file: where it is in the repository, its size, its image
+size, the B-AE a model reads and the model's published sampling settings. Every size is read off the
+tensor shapes; only what shapes cannot tell (number of heads, image size) comes from the registry or an
+argument. Loading is exact (the same inputs give the same outputs as the authors' code) and lean: the
+model is built on the meta device and takes the file's tensors, memory-mapped, so a checkpoint needs
+about its own size in memory. Files are read with ``torch.load(..., weights_only=True)``: tensors only.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,6 +29,90 @@ from .model import BiGR
 from .sampler import SamplingConfig
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
 from .transcoder import SCHEDULES, bernoulli_schedule
+
+# ----------------------------------------------------------------------------------------------
+# The registry of published checkpoints, and the Hugging Face Hub
+# ----------------------------------------------------------------------------------------------
+HUB_REPO = "haoosz/BiGR"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One checkpoint file of the authors' Hugging Face repository."""
+
+    path: str                       # the file in the repository
+    gigabytes: float                # its size, as the authors' README gives it
+    image_size: int
+    bae: str | None = None          # a BiGR model: the name (in BAES) of the B-AE whose tokens it reads
+    num_heads: int | None = None    # a BiGR model: attention heads (the one size the weights cannot tell)
+    sampling: dict | None = None    # a BiGR model: its published sampling settings
+
+
+# The authors' scripts (script/sample.sh for BiGR-L-d24, script/sample_512.sh for the 512 model) sample with
+# CFG 3, 20 iterations, Gumbel 0.01 and 100 reverse steps, through their code's confidence order. For XL and
+# XXL there is no script: the paper's settings (CFG 2.5, 25 iterations, Gumbel 0.25 / 0.30), same order.
+SCRIPTS = dict(cfg=3.0, num_iter=20, gumbel=0.01, diffusion_steps=100, order="confidence")
+PAPER_XL = dict(cfg=2.5, num_iter=25, gumbel=0.25, diffusion_steps=100, order="confidence")
+PAPER_XXL = {**PAPER_XL, "gumbel": 0.30}
+
+BAES = {
+    "d24": Published("bae/bae_d24/binaryae_ema_1000000.th", 0.332, 256),
+    "d32": Published("bae/bae_d32/binaryae_ema_950000.th", 0.332, 256),
+    "d32-512": Published("bae/bae_d32_512/binaryae_ema_720000.th", 0.315, 512),
+}
+MODELS = {
+    "BiGR-L-d24": Published("gpt/bigr_L_d24.pt", 1.35, 256, "d24", 16, SCRIPTS),
+    "BiGR-XL-d24": Published("gpt/bigr_XL_d24.pt", 3.20, 256, "d24", 20, PAPER_XL),
+    "BiGR-XXL-d24": Published("gpt/bigr_XXL_d24.pt", 5.92, 256, "d24", 24, PAPER_XXL),
+    "BiGR-XXL-d32": Published("gpt/bigr_XXL_d32.pt", 5.92, 256, "d32", 24, PAPER_XXL),
+    "BiGR-L-d32-res512": Published("gpt/bigr_L_d32_512.pt", 1.49, 512, "d32-512", 16, SCRIPTS),
+}
+
+
+@functools.cache
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, in the index order the published models were trained with."""
+    return (Path(__file__).parent / "imagenet_classes.txt").read_text().splitlines()
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def hub_file(path: str) -> Path:
+    """A file of the authors' repository, from the Hugging Face cache or downloaded into it (with the hub's
+    progress bar). The hub's own settings apply: HF_HUB_CACHE / HF_HOME for the cache, HF_HUB_OFFLINE=1
+    for never downloading."""
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise MissingExtra(f"downloading {HUB_REPO}/{path} needs huggingface_hub: pip install 'minibigr[hub]'"
+                           ) from None
+    try:
+        return Path(hf_hub_download(HUB_REPO, path))
+    except LocalEntryNotFoundError as e:
+        offline = "downloading is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub is unreachable"
+        raise FileNotFoundError(f"{HUB_REPO}/{path} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                                f"{offline}: fetch it once where the network is on (`hf download {HUB_REPO} {path}`)"
+                                ) from e
+
+
+def _registered(source, registry: dict, kind: str) -> Published | None:
+    """The registry entry that ``source`` names; None for a file path or a state dict."""
+    if isinstance(source, str) and source in registry:
+        return registry[source]
+    if isinstance(source, str) and not os.path.exists(source) and "/" not in source and "." not in source:
+        close = difflib.get_close_matches(source, registry, n=3, cutoff=0.5)
+        raise ValueError(f"no published {kind} named {source!r}" + (f"; did you mean {', '.join(close)}?" if close
+                         else "") + f" The names are {', '.join(registry)}; a file path works too.")
+    return None
+
+
+def _read(source) -> dict:
+    """A checkpoint's dict from a path (memory-mapped where the file allows) or a dict in memory."""
+    return read_state_dict(source, mmap=True) if isinstance(source, (str, os.PathLike)) else source
+
 
 # ----------------------------------------------------------------------------------------------
 # B-AE tokenizer (`.th` files; keys prefixed "ae.")
@@ -127,20 +222,32 @@ def _strip_bae_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     raise ValueError(f"not a B-AE state dict: no 'ae.encoder.blocks.*' keys (first keys: {sorted(state)[:5]})")
 
 
-def load_bae(state_dict_or_path, image_size: int = 256, **overrides):
-    """The authors' B-AE (a ``binaryae_*.th`` file or its state dict) as a minibigr BinaryAutoencoder.
+def load_bae(name_or_path, image_size: int | None = None, dtype: torch.dtype | None = None, **overrides):
+    """The authors' B-AE as a minibigr BinaryAutoencoder: a name of ``BAES`` ("d24", "d32", "d32-512"; from the
+    Hugging Face Hub), a ``binaryae_*.th`` file, or its state dict.
 
     Sizes, attention resolutions, norm_first and gen_mul are read off the weights; image_size cannot be
-    (the weights fit any size) and decides which resolution the attention levels stand for. overrides
-    set any other TokenizerConfig field (the official images are in [0,1]: image_range="unit"). The model is
-    returned in eval mode.
+    (the weights fit any size) and decides which resolution the attention levels stand for: the registry's
+    for a name, else 256. overrides set any other TokenizerConfig field (the official images are in [0,1]:
+    image_range="unit"). The model is returned in eval mode, in ``dtype`` if given.
     """
-    source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
-    state = _strip_bae_prefix(read_state_dict(state_dict_or_path))
+    entry = _registered(name_or_path, BAES, "B-AE")
+    source = hub_file(entry.path) if entry else name_or_path
+    image_size = image_size or (entry.image_size if entry else 256)
+    state = _strip_bae_prefix(_read(source))
     state = {k: v for k, v in state.items() if not k.startswith(BAE_LOGSIGMA)}
-    cfg = TokenizerConfig.from_dict({**infer_bae_config(state, image_size), **overrides})
-    model = BinaryAutoencoder(cfg)
-    load_strict(model, state, str(source))
+    config = TokenizerConfig.from_dict({**infer_bae_config(state, image_size), **overrides})
+    return _build(BinaryAutoencoder, config, state, source, dtype)
+
+
+def _build(cls, config, state: dict, source, dtype: torch.dtype | None):
+    """cls(config) built on the meta device, holding the state's tensors (cast to ``dtype``), in eval mode."""
+    with torch.device("meta"):
+        model = cls(config)
+    if dtype is not None:
+        model.to(dtype)
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    load_strict(model, state, f"{cls.__name__} weights from {where}", assign=True)
     return model.eval()
 
 
@@ -244,17 +351,22 @@ def _from_official_bigr(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | None = None, **overrides):
-    """The authors' BiGR (a ``bigr_*.pt`` file, its dict, or a bare state dict) as a minibigr BiGR.
+def load_bigr(name_or_path, entry: str | None = None, num_heads: int | None = None,
+              dtype: torch.dtype | None = None, **overrides):
+    """The authors' BiGR as a minibigr BiGR: a name of ``MODELS`` (e.g. "BiGR-L-d24"; from the Hugging Face
+    Hub), a ``bigr_*.pt`` file, its dict, or a bare state dict.
 
-    Every size is read off the weights (entry "ema" when present, else "model"); only the number of
-    heads cannot be, and defaults to the published model of that width (1024 -> 16, 1280 -> 20,
-    1536 -> 24). overrides set other BiGRConfig fields (dropouts, objective, ``sampling=`` a dict or a
-    SamplingConfig of the settings to change);
-    one that contradicts the weights is an error. Loading is strict. The model is returned in eval mode.
+    Every size is read off the weights (entry "ema" when present, else "model"; nothing else of the file
+    is read into memory); only the number of heads cannot be, and defaults to the published model of that
+    width (1024 -> 16, 1280 -> 20, 1536 -> 24). The recommended sampling settings are the registry's for a
+    name, else those of the published size. overrides set other BiGRConfig fields (dropouts, objective,
+    ``sampling=`` a dict or a SamplingConfig of the settings to change); one that contradicts the weights is
+    an error. Loading is strict. The model is returned in eval mode, in ``dtype`` if given (e.g. bfloat16).
     """
-    source = state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
-    state = _bigr_state(state_dict_or_path, entry)
+    published_entry = _registered(name_or_path, MODELS, "BiGR model")
+    source = hub_file(published_entry.path) if published_entry else name_or_path
+    num_heads = num_heads or (published_entry.num_heads if published_entry else None)
+    state = _bigr_state(_read(source), entry)
     if not any(k.startswith(BIGR_DENOISER) for k in state):      # only the diffusion_processor copy was kept
         state = {**state, **{BIGR_DENOISER + k[len(BIGR_DENOISER_COPY):]: v for k, v in state.items()
                              if k.startswith(BIGR_DENOISER_COPY)}}
@@ -265,17 +377,16 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
                if k in inferred and inferred[k] != v and not (k in same and same[k](v))]
     if clashes:
         raise ValueError(f"overrides contradict the checkpoint: {', '.join(clashes)}")
-    # the recommended sampling settings of the published model of this size, if it is one
+    # the recommended sampling settings: the registry's, else the published model of this size's, if it is one
     published = next((p for p in PRESETS.values() if p["dim"] == inferred["dim"] and p["n_layer"] == inferred["n_layer"]
                       and p["transcoder_blocks"] == inferred["transcoder_blocks"]), {})
     fields = {**published, **inferred, **overrides}
     asked = overrides.get("sampling", {})
-    sampling = {**published.get("sampling", {}), **(asked.to_dict() if isinstance(asked, SamplingConfig) else asked)}
+    sampling = {**(published_entry.sampling if published_entry else published.get("sampling", {})),
+                **(asked.to_dict() if isinstance(asked, SamplingConfig) else asked)}
     if "diffusion_steps" not in sampling:           # the default S = 100 needs T >= 100
         sampling["diffusion_steps"] = min(SamplingConfig.diffusion_steps, fields.get("T", 256))
-    model = BiGR(BiGRConfig(**{**fields, "sampling": sampling}))
-    load_strict(model, _from_official_bigr(state), f"BiGR weights from {source}")
-    return model.eval()
+    return _build(BiGR, BiGRConfig(**{**fields, "sampling": sampling}), _from_official_bigr(state), source, dtype)
 
 
 def to_official_bigr(model, with_duplicates: bool = True) -> dict[str, torch.Tensor]:

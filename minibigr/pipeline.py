@@ -2,26 +2,33 @@
 
     pipe = minibigr.pretrained("fashion-mnist")                  # or BiGRPipeline.from_pretrained(run_dir)
     images = pipe(torch.tensor([0, 1, 7, 9]))                    # (4, 1, 32, 32) in [0, 1]
+    images = pipe(["sneaker", "bag"])                            # classes by name too
     tokens = pipe.encode(images)                                 # (4, 64, 16) bits: what the model reads
     images = pipe.decode(tokens)                                 # and back
 
 Tokens (B, N, K), the tokenizer's h x w grid in raster order, are the one currency between the two
 models. A pipeline directory holds ``tokenizer/`` and ``model/``, each a checkpoint (config.json +
-model.safetensors) or a training run that keeps one in its own ``model/``; the shipped weights and a
-``minibigr train --tokenizer ...`` run are laid out that way.
+model.safetensors) or a training run that keeps one in its own ``model/``, and may name its classes in
+``classes.txt`` (one per line); the shipped weights and a ``minibigr train --tokenizer ...`` run are laid
+out that way. The authors' published models load by name too ("BiGR-L-d24", see minibigr.official).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from . import official
 from .checkpoint import CONFIG_NAME
 from .model import BiGR
 from .shipped import SHIPPED, shipped_dir
 from .tokenizer import BinaryAutoencoder
+
+CLASSES_NAME = "classes.txt"
 
 
 def checkpoint_dir(path: Path) -> Path | None:
@@ -40,33 +47,65 @@ def _find(spec: str | os.PathLike, part: str) -> Path:
     path = Path(spec)
     found = checkpoint_dir(path / part) or checkpoint_dir(path)
     if found is None:
-        raise FileNotFoundError(f"{str(spec)!r} is neither a shipped model ({', '.join(SHIPPED)}) nor a directory "
-                                f"holding a {part} (a {part}/ folder, or config.json + model.safetensors, "
-                                f"or a training run's model/)")
+        raise FileNotFoundError(f"{str(spec)!r} is neither a shipped model ({', '.join(SHIPPED)}), a published one "
+                                f"({', '.join(official.MODELS)}), nor a directory holding a {part} (a {part}/ "
+                                f"folder, or config.json + model.safetensors, or a training run's model/)")
     return found
 
 
 def load_tokenizer(spec: str | os.PathLike, device: str | torch.device = "cpu") -> BinaryAutoencoder:
-    """The tokenizer of a shipped name, a pipeline directory, or a tokenizer checkpoint / run, in eval mode."""
+    """The tokenizer of a shipped name, a published model or B-AE name ("BiGR-L-d24", "d24"), a pipeline
+    directory, or a tokenizer checkpoint / run, in eval mode."""
+    if str(spec) in official.MODELS or str(spec) in official.BAES:
+        return official.load_bae(official.MODELS[str(spec)].bae if str(spec) in official.MODELS else str(spec)
+                                 ).to(device)
     return BinaryAutoencoder.from_pretrained(_find(spec, "tokenizer"), device)
 
 
-class BiGRPipeline:
-    """Class labels in, images out: BiGR samples tokens (docs/method.md §5), the tokenizer decodes them."""
+def class_index(name: str, class_names: Sequence[str]) -> int:
+    """The label of a class name: case, spaces and underscores do not matter; an unknown or ambiguous name
+    is an error that names the close matches or the candidates."""
+    def key(text: str) -> str:
+        return " ".join(text.replace("_", " ").lower().split())
 
-    def __init__(self, tokenizer: BinaryAutoencoder, model: BiGR):
+    found = [i for i, n in enumerate(class_names) if key(n) == key(name)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"class name {name!r} is ambiguous: it is class {' and '.join(map(str, found))}; give the "
+                         f"number")
+    close = difflib.get_close_matches(key(name), [key(n) for n in class_names], n=4, cutoff=0.6)
+    raise ValueError(f"unknown class name {name!r}" + (f"; close matches: {', '.join(close)}" if close else "")
+                     + " (or give the class number)")
+
+
+class BiGRPipeline:
+    """Class labels in, images out: BiGR samples tokens (docs/method.md §5), the tokenizer decodes them.
+
+    ``class_names`` (optional, one per class) lets labels be given by name.
+    """
+
+    def __init__(self, tokenizer: BinaryAutoencoder, model: BiGR, class_names: Sequence[str] | None = None):
         t, m = tokenizer.config, model.config
         if (t.K, t.num_tokens) != (m.K, m.num_tokens):
             raise ValueError(f"the tokenizer makes {t.num_tokens} tokens of K={t.K} bits, the model reads "
                              f"{m.num_tokens} tokens of K={m.K} bits: they were not trained together")
+        if class_names is not None and len(class_names) != m.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model of {m.num_classes} classes")
         self.tokenizer, self.model = tokenizer, model
+        self.class_names = None if class_names is None else list(class_names)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
-                        tokenizer: str | os.PathLike | None = None) -> BiGRPipeline:
-        """A shipped pipeline ("fashion-mnist") or a directory holding ``tokenizer/`` and ``model/``, in eval
-        mode on ``device``. ``name_or_dir`` may also be the BiGR checkpoint itself (a run's ``model/``): its
-        tokenizer is then the ``tokenizer/`` beside it, or the one ``tokenizer`` names."""
+                        tokenizer: str | os.PathLike | None = None, dtype: torch.dtype | None = None) -> BiGRPipeline:
+        """A shipped pipeline ("fashion-mnist"), a published model ("BiGR-L-d24": minibigr.official.MODELS, with
+        its B-AE and the ImageNet class names), or a directory holding ``tokenizer/`` and ``model/``, in eval
+        mode on ``device``; ``dtype`` (e.g. torch.bfloat16) is the BiGR model's, the tokenizer stays in float32.
+        ``name_or_dir`` may also be the BiGR checkpoint itself (a run's ``model/``): its tokenizer is then the
+        ``tokenizer/`` beside it, or the one ``tokenizer`` names."""
+        if str(name_or_dir) in official.MODELS:
+            model = official.load_bigr(str(name_or_dir), dtype=dtype)
+            return cls(load_tokenizer(tokenizer or str(name_or_dir)), model, official.imagenet_classes()).to(device)
         model_dir = _find(name_or_dir, "model")
         if tokenizer is None:
             tokenizer = checkpoint_dir(model_dir.parent / "tokenizer")
@@ -74,7 +113,10 @@ class BiGRPipeline:
                 raise FileNotFoundError(f"no tokenizer beside the BiGR in {model_dir} (expected "
                                         f"{model_dir.parent / 'tokenizer'}): pass the tokenizer it was trained "
                                         f"with (tokenizer=..., on the command line --tokenizer)")
-        return cls(load_tokenizer(tokenizer, device), BiGR.from_pretrained(model_dir, device))
+        names = model_dir.parent / CLASSES_NAME
+        class_names = names.read_text().splitlines() if names.is_file() else None
+        model = BiGR.from_pretrained(model_dir, device).to(dtype or torch.float32)
+        return cls(load_tokenizer(tokenizer, device), model, class_names)
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +128,14 @@ class BiGRPipeline:
         return self
 
     def labels(self, labels) -> torch.Tensor:
-        """Class labels as an int64 tensor (B,) on the model's device, from a tensor, a list or one int."""
+        """Class labels as an int64 tensor (B,) on the model's device, from a tensor, or a list / one of class
+        numbers and (with class_names) class names."""
+        if isinstance(labels, (str, int)):
+            labels = [labels]
+        if not torch.is_tensor(labels) and any(isinstance(y, str) for y in labels):
+            if self.class_names is None:
+                raise ValueError("this pipeline has no class names: give class numbers")
+            labels = [class_index(y, self.class_names) if isinstance(y, str) else y for y in labels]
         labels = torch.as_tensor(labels, device=self.device)
         if labels.is_floating_point():
             raise ValueError(f"class labels must be integers, got {labels.dtype}")
@@ -111,8 +160,10 @@ class BiGRPipeline:
         return self.tokenizer.decode_tokens(tokens)
 
 
-def pretrained(name: str = "fashion-mnist", device: str | torch.device = "cpu") -> BiGRPipeline:
-    """A shipped pipeline by name, in eval mode on ``device`` (see minibigr.shipped.SHIPPED)."""
-    if name not in SHIPPED:
-        raise ValueError(f"no shipped model named {name!r}; available: {', '.join(SHIPPED)}")
-    return BiGRPipeline.from_pretrained(name, device)
+def pretrained(name: str = "fashion-mnist", device: str | torch.device = "cpu", **kwargs) -> BiGRPipeline:
+    """A pipeline by name, in eval mode on ``device``: shipped with the package (minibigr.shipped.SHIPPED) or
+    published by the authors (minibigr.official.MODELS, from the Hugging Face Hub; ``dtype=`` applies)."""
+    if name not in SHIPPED and name not in official.MODELS:
+        raise ValueError(f"no model named {name!r}; shipped: {', '.join(SHIPPED)}; published: "
+                         f"{', '.join(official.MODELS)}")
+    return BiGRPipeline.from_pretrained(name, device, **kwargs)

@@ -16,11 +16,12 @@ LAYERS = {
     "config": 2,
     "backbone": 3, "tokenizer": 3,
     "model": 4,
-    "pipeline": 5, "official": 5,
+    "official": 5,
+    "pipeline": 6,
     # what is built on a pipeline: applications, training, evaluation
-    "apps": 6, "train": 6, "evaluate": 6, "probe": 6, "classifier": 6, "inception": 6,
-    "demo": 7,
-    "cli": 8,
+    "apps": 7, "train": 7, "evaluate": 7, "probe": 7, "classifier": 7, "inception": 7,
+    "demo": 8,
+    "cli": 9,
 }
 
 

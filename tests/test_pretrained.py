@@ -56,6 +56,9 @@ def test_the_readme_example(shipped):
     tokens = pipe.model.generate(torch.tensor([0, 1, 7, 9]), generator=torch.Generator().manual_seed(0))
     assert torch.equal(pipe.decode(tokens), images)
     assert torch.equal(pipe([0, 1, 7, 9], generator=torch.Generator().manual_seed(0)), images)
+    assert pipe.class_names[7] == "Sneaker"                       # the shipped classes.txt: labels by name
+    by_name = pipe(["t-shirt/top", "trouser", "sneaker", "ankle boot"], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(by_name, images)
 
 
 def test_demo_writes_everything_it_announces(tmp_path, fashion_test, capsys):
