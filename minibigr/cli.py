@@ -135,7 +135,7 @@ def cmd_eval_tokenizer(args):
 
 def cmd_demo(args):
     run_demo(out_dir=args.out, train=args.train, device=_device(args.device), data_dir=args.data_dir,
-             fast=args.fast)
+             fast=args.fast, per_class=args.per_class, seed=args.seed)
 
 
 def _check_label(label: str, pipe: BiGRPipeline, what: str = "label") -> int:
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="minibigr-demo")
     sp.add_argument("--train", action="store_true", help="train the tiny models from scratch first")
     sp.add_argument("--fast", action="store_true", help="with --train: a few-minute run (rough samples)")
+    sp.add_argument("--per-class", type=int, default=8, help="samples per class in samples.png")
+    sp.add_argument("--seed", type=int, default=0, help="seed of every sampling generator")
     sp.add_argument("--data-dir")
     sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_demo)

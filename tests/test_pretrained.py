@@ -62,11 +62,11 @@ def test_the_readme_example(shipped):
 
 
 def test_demo_writes_everything_it_announces(tmp_path, fashion_test, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--per-class", "2"]) == 0
     printed = capsys.readouterr().out
     for name in ("samples.png", "reconstructions.png", "inpainting.png", "interpolation.png", "summary.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
         assert name in printed
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["reconstructions"]["psnr_db"] > 20
-    assert summary["samples"]["per_class"] * 10 > 0
+    assert summary["samples"]["per_class"] == 2 and summary["samples"]["rows"][7] == "Sneaker"
