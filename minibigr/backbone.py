@@ -121,12 +121,16 @@ class Attention(nn.Module):
         q, k, v = self.wqkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        q, k, v = self.qkv(x, cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, d), or (B, n, d) with only the queries of ``rows`` (B, n): keys and values still come from all L."""
+        B = x.shape[0]
+        q, k, v = self.qkv(x, cos, sin)                                             # (B, H, L, hd) each
+        if rows is not None:
+            q = q.gather(2, rows[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))   # (B, H, n, hd)
         # no attn_mask and is_causal=False: the fused (flash / memory-efficient) kernels apply
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
-        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, L, self.dim)))
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, q.shape[2], self.dim)))
 
 
 class DropPath(nn.Module):
@@ -158,14 +162,16 @@ class TransformerBlock(nn.Module):
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim ** 0.5) if use_adaLN else None
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor | None, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d); mod (B, 1, 6, d) from the shared adaLN, or None without adaLN."""
+                sin: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d) -> (B, L, d); mod (B, 1, 6, d) from the shared adaLN, or None without adaLN.
+        With ``rows`` (B, n) only those rows' outputs (B, n, d): every row still serves as key and value."""
+        x_out = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))   # (B, n, d)
         if mod is None:
-            h = x + self.drop_path(self.attention(self.attention_norm(x), cos, sin))
+            h = x_out + self.drop_path(self.attention(self.attention_norm(x), cos, sin, rows))
             return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod + self.ada_gss).unbind(2)
-        h = x + gate_msa * self.drop_path(
-            self.attention(modulate(self.attention_norm(x), shift_msa, scale_msa), cos, sin))
+        h = x_out + gate_msa * self.drop_path(
+            self.attention(modulate(self.attention_norm(x), shift_msa, scale_msa), cos, sin, rows))
         return h + gate_mlp * self.drop_path(
             self.feed_forward(modulate(self.ffn_norm(h), shift_mlp, scale_mlp)))
 
@@ -250,9 +256,11 @@ class Backbone(nn.Module):
         return emb
 
     def forward(self, tokens: torch.Tensor, labels, mask: torch.Tensor | None = None,
-                layer: int | None = None) -> torch.Tensor:
+                layer: int | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Transcoder conditions h (B, N, d); with ``layer`` (0-based block index) the raw hidden
         states after that block instead (no final norm, no position embedding), class token dropped.
+        With ``positions`` (B, n) the conditions of those tokens only, (B, n, d): the last block then
+        computes queries, MLP and norm there alone (what training reads: the masked tokens).
         """
         if tokens.ndim != 3 or tokens.shape[1:] != (self.num_tokens, self.K):
             raise ValueError(f"tokens must be (B, {self.num_tokens}, {self.K}), got {tuple(tokens.shape)}")
@@ -261,14 +269,22 @@ class Backbone(nn.Module):
             raise ValueError(f"layer must be a block index in 0..{len(self.layers) - 1}, got {layer}")
         if mask is not None and mask.shape != (B, self.num_tokens):
             raise ValueError(f"mask must be ({B}, {self.num_tokens}) bool, got {tuple(mask.shape)}")
+        if positions is not None and (layer is not None or positions.ndim != 2 or len(positions) != B
+                                      or positions.is_floating_point()):
+            raise ValueError(f"positions must be integer ({B}, n) and come without layer, got "
+                             f"{positions.dtype} {tuple(positions.shape)}")
         cond = self.embed_class(labels, B)                                          # (B, d)
         x = self.tok_embeddings(tokens.to(self.tok_embeddings.weight.dtype))       # (B, N, d)
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_tok.to(x.dtype), x)
         x = self.tok_dropout(torch.cat([cond[:, None].to(x.dtype), x], dim=1))     # (B, 1 + N, d)
         mod = None if self.adaLN is None else self.adaLN(cond).view(B, 1, 6, self.dim)
+        last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
-            x = block(x, mod, self.rope_cos, self.rope_sin)
+            rows = positions + 1 if positions is not None and i == last else None   # row 0 is the class token
+            x = block(x, mod, self.rope_cos, self.rope_sin, rows)
             if i == layer:
                 return x[:, 1:]
+        if positions is not None:
+            return self.norm(x) + self.diffusion_pos_embed_learned[0][positions]   # (B, n, d)
         return self.norm(x)[:, 1:] + self.diffusion_pos_embed_learned

@@ -31,7 +31,7 @@ from .pipeline import BiGRPipeline, load_tokenizer
 from .probe import format_probe, parse_layers, parse_pools, probe_model
 from .sampler import SamplingConfig
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
-from .train import RECIPES, bigr_settings, tokenizer_settings, train_bigr, train_tokenizer
+from .train import RECIPES, bigr_settings, seeded_init, tokenizer_settings, train_bigr, train_tokenizer
 
 # bad input (arguments, files, configs) ends in one line; anything else is a bug and keeps its traceback
 KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, official.MissingExtra)
@@ -87,7 +87,9 @@ def cmd_train_tokenizer(args):
     config = TokenizerConfig.preset(args.preset or recipe["tokenizer"], **overrides)
     dataset = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     settings = tokenizer_settings(args.dataset, out_dir=args.out, **_overrides(args))
-    train_tokenizer(BinaryAutoencoder(config), dataset, settings)
+    with seeded_init(settings.seed):                 # --seed fixes the initial weights too
+        tokenizer = BinaryAutoencoder(config)
+    train_tokenizer(tokenizer, dataset, settings)
     print(f"tokenizer saved to {Path(args.out) / 'model'}")
 
 
@@ -105,7 +107,9 @@ def cmd_train(args):
                                **_config_overrides(BiGRConfig, args.set))
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     settings = bigr_settings(args.dataset, out_dir=args.out, **_overrides(args))
-    train_bigr(BiGR(config), codes, settings, tokenizer=tokenizer)
+    with seeded_init(settings.seed):                 # --seed fixes the initial weights too
+        model = BiGR(config)
+    train_bigr(model, codes, settings, tokenizer=tokenizer)
     print(f"model saved to {Path(args.out) / 'model'}" + (f" (with its tokenizer: `--model {args.out}` loads both)"
                                                          if tokenizer is not None else ""))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .checkpoint import config_from_dict
 from .sampler import SamplingConfig
-from .transcoder import OBJECTIVES, SCHEDULES
+from .transcoder import DEFAULT_WEIGHTING, OBJECTIVES, SCHEDULES, WEIGHTINGS
 
 
 @dataclass
@@ -51,6 +51,7 @@ class BiGRConfig:
     schedule: str = "linear"
     objective: str = "flip"
     focal_gamma: float = 0.0
+    loss_weighting: str | None = None   # "weighted" (wBCE) or "plain" BCE; None: the objective's (DEFAULT_WEIGHTING)
     # the recommended sampling settings (what generate() uses unless told otherwise)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -68,6 +69,9 @@ class BiGRConfig:
         for name, value, allowed in [("schedule", self.schedule, SCHEDULES), ("objective", self.objective, OBJECTIVES)]:
             if value not in allowed:
                 problems.append(f"{name} {value!r} is not one of {allowed}")
+        if self.loss_weighting not in (None, *WEIGHTINGS):
+            problems.append(f"loss_weighting {self.loss_weighting!r} is not one of {WEIGHTINGS} or None (the "
+                            f"objective's own: {DEFAULT_WEIGHTING})")
         for name in ("token_dropout", "resid_dropout", "ffn_dropout", "attn_dropout", "drop_path", "class_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -87,7 +87,7 @@ def masked_probs(transcoder: BinaryTranscoder, h: torch.Tensor, mask: torch.Tens
     """
     B, N = mask.shape
     h_cond, h_null = h[:B], (h[B:] if len(h) > B else None)
-    p = torch.full((B, N, transcoder.K), 0.5, device=h.device, dtype=h.dtype)
+    p = torch.full((B, N, transcoder.K), 0.5, device=h.device, dtype=torch.promote_types(h.dtype, torch.float32))
     if count is None:
         p_masked = transcoder.sample(h_cond[mask], None if h_null is None else h_null[mask], generator=generator,
                                      **chain)
@@ -126,7 +126,8 @@ class BiGR(Checkpointed, nn.Module):
         self.config = config
         self.backbone = Backbone(config)
         self.transcoder = BinaryTranscoder(config.K, config.dim, config.transcoder_width, config.transcoder_blocks,
-                                           config.T, config.schedule, config.objective, config.focal_gamma)
+                                           config.T, config.schedule, config.objective, config.focal_gamma,
+                                           config.loss_weighting)
 
     @property
     def null_class(self) -> int:
@@ -174,8 +175,8 @@ class BiGR(Checkpointed, nn.Module):
         s = int(torch.randint(0, N, (1,), generator=generator, device=device))
         n_mask = mask_count(s, N)
         mask, idx = random_mask(B, N, n_mask, generator, device)
-        h = self.backbone(tokens, labels, mask)                                   # (B, N, d)
-        cond = gather_tokens(h, idx)                                              # (B * n_mask, d)
+        # the conditions of the masked tokens only: the backbone's last block runs its queries there alone
+        cond = self.backbone(tokens, labels, mask, positions=idx).flatten(0, 1)  # (B * n_mask, d)
         z0 = gather_tokens(tokens, idx).to(self.backbone.tok_embeddings.weight.dtype)
         loss_bits, bce = self.transcoder.loss(z0, cond, generator=generator)      # (M, K) each
         loss = loss_bits.mean()
@@ -212,7 +213,8 @@ class BiGR(Checkpointed, nn.Module):
         s = self.config.sampling.replace(**overrides)
         labels, tokens = self._check_generate(labels, tokens, given)
         B, guided = len(labels), s.cfg != 1.0
-        with eval_mode(self):
+        bf16 = torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=s.precision == "bfloat16")
+        with eval_mode(self), bf16:
             # class embeddings of the rows; with CFG the null class's rows follow them (one batch of 2B)
             cond = self.backbone.embed_class(labels if class_mix is None else (labels, *class_mix), B)
             if guided:

@@ -200,6 +200,22 @@ def atomic_save(obj, path: Path):
     atomic_write(str(path), lambda tmp: torch.save(obj, tmp))
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Inside, torch's global RNG is seeded with ``seed`` (the caller's state comes back after): a model built
+    here starts from the same weights for the same seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def seed_run(s: TrainSettings, d: Dist) -> torch.Generator:
+    """The run's RNGs from its seed: the returned generator (batches' masks, timesteps, label drops) and torch's
+    global RNG (dropout, the discriminator's initial weights), per rank. A resumed run restores both instead."""
+    torch.manual_seed(s.seed + 7919 * d.rank)
+    return torch.Generator(device=d.device).manual_seed(s.seed + 7919 * d.rank)
+
+
 def rng_state(generator: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -325,7 +341,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _settings_check(out, s, "tokenizer")
-    generator = torch.Generator(device=d.device).manual_seed(s.seed + 7919 * d.rank)
+    generator = seed_run(s, d)
     tokenizer = tokenizer.to(d.device).train()
     disc = PatchDiscriminator(cfg.in_channels, cfg.ndf, cfg.disc_layers).to(d.device).train()
     ema = EMA(tokenizer, s.ema)
@@ -463,7 +479,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
         _settings_check(out, s, "bigr")
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "tokenizer")
-    generator = torch.Generator(device=d.device).manual_seed(s.seed + 7919 * d.rank)
+    generator = seed_run(s, d)
     model = model.to(d.device).train()
     ema = EMA(model, s.ema)
     opt = adamw(model.param_groups(s.weight_decay), s, d.device)
@@ -539,15 +555,17 @@ def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
     saved = out / "tokenizer" / "model"      # a started run continues with the config it began with
     tok_cfg = (TokenizerConfig.from_dict(read_config(saved)) if (saved / CONFIG_NAME).exists()
                else TokenizerConfig.preset(recipe["tokenizer"]))
-    tokenizer = train_tokenizer(BinaryAutoencoder(tok_cfg), images,
-                                tokenizer_settings(dataset, str(out / "tokenizer"), device=device,
-                                                   **(tokenizer_overrides or {})))
+    tok_settings = tokenizer_settings(dataset, str(out / "tokenizer"), device=device, **(tokenizer_overrides or {}))
+    with seeded_init(tok_settings.seed):
+        tokenizer = BinaryAutoencoder(tok_cfg)
+    tokenizer = train_tokenizer(tokenizer, images, tok_settings)
     bigr_started = (out / "bigr" / "train_state.pt").exists()
     if bigr_started and (out / "codes" / "codes.json").exists():
         codes = CodeCache(out / "codes")      # resuming BiGR: keep the exact codes it was trained on
     else:
         codes = encode_dataset(tokenizer, images, out / "codes")
-    model = BiGR(BiGRConfig.preset(recipe["model"], K=codes.K, num_tokens=codes.h * codes.w))
-    model = train_bigr(model, codes, bigr_settings(dataset, str(out / "bigr"), device=device, **(bigr_overrides or {})),
-                       tokenizer=tokenizer)
+    settings = bigr_settings(dataset, str(out / "bigr"), device=device, **(bigr_overrides or {}))
+    with seeded_init(settings.seed):
+        model = BiGR(BiGRConfig.preset(recipe["model"], K=codes.K, num_tokens=codes.h * codes.w))
+    model = train_bigr(model, codes, settings, tokenizer=tokenizer)
     return BiGRPipeline(tokenizer.eval(), model.eval())

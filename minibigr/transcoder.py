@@ -18,8 +18,15 @@ from torch import nn
 
 from .quantizer import bernoulli_bits
 
+# the reverse chain runs in chunks of tokens whose (rows x width) activations hold at most this many numbers
+# each (64 MiB in float32): any batch samples in bounded memory; batches below it run in one piece
+CHAIN_ELEMENTS = 2 ** 24
 SCHEDULES = ("linear", "cos", "sigmoid")
 OBJECTIVES = ("flip", "x0", "direct")
+WEIGHTINGS = ("weighted", "plain")
+# the authors' weighting of each objective's loss: their focal loss with alpha = -1 (wBCE) trains flip, with
+# alpha = 0 (plain BCE) x0; "direct" (not in their code) keeps the flip arm's
+DEFAULT_WEIGHTING = {"flip": "weighted", "x0": "plain", "direct": "weighted"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,24 +124,27 @@ def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss: weighted BCE ("wBCE") and its focal variant
+# Loss: weighted BCE ("wBCE") or plain BCE, and their focal variant
 # ----------------------------------------------------------------------------------------------
-def wbce_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
-    """Per-bit weighted BCE.  logits, target (M, K) -> (M, K).
+def bit_loss(logits: torch.Tensor, target: torch.Tensor, weighting: str = "weighted",
+             gamma: float = 0.0) -> torch.Tensor:
+    """Per-bit BCE, weighted (wBCE) or plain.  logits, target (M, K) -> (M, K).
 
-    f = mean of the K target bits of a token; a 1-bit weighs (1 - f) + 1/K and a 0-bit f + 1/K, so
-    the rare value of each token is not drowned (flips are rare at small t). gamma > 0 multiplies
-    by (1 - p_true)^gamma (focal loss).
+    "weighted": f = mean of the K target bits of a token; a 1-bit weighs (1 - f) + 1/K and a 0-bit
+    f + 1/K, so the rare value of each token is not drowned (flips are rare at small t). "plain": every
+    bit weighs 1. gamma > 0 multiplies by (1 - p_true)^gamma (focal loss).
     """
-    K = target.shape[-1]
-    f = target.mean(-1, keepdim=True)
-    weight = torch.where(target > 0.5, 1 - f, f) + 1.0 / K
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if gamma > 0:
         p = torch.sigmoid(logits)
         p_true = p * target + (1 - p) * (1 - target)
         bce = bce * (1 - p_true) ** gamma
-    return weight * bce
+    if weighting == "plain":
+        return bce
+    f = target.mean(-1, keepdim=True)
+    return (torch.where(target > 0.5, 1 - f, f) + 1.0 / target.shape[-1]) * bce
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +269,45 @@ class DirectHead(nn.Module):
         return self.net(cond)
 
 
+class FusedDenoiser:
+    """The DenoiseMLP's forward for the S steps of one reverse chain, with the same rounding as the module's.
+
+    What the module path does at every step and this does once or not at all: SiLU(c), which the adaLN
+    layers of every block and of the final layer all read, is computed once per step instead of once per
+    layer; the condition's embedding is summed with the step's timestep embedding into a reused buffer;
+    the adaLN outputs land in buffers kept across steps and the elementwise work (1 + scale, modulate, SiLU,
+    gate, residual) runs in place, so no step allocates the chain's largest activations. Every operation is
+    the module's own, in the same order, so the logits are bit-identical to ``DenoiseMLP.forward_embedded``
+    (tests/test_transcoder.py checks it).
+
+        fused = FusedDenoiser(denoiser, c, t_emb)     # c (R, w) embedded conditions, t_emb (S, w)
+        logits = fused(z_t, i)                        # z_t (M, K) with R = M or 2M (CFG) -> (R, K)
+    """
+
+    def __init__(self, denoiser: DenoiseMLP, c: torch.Tensor, t_emb: torch.Tensor):
+        self.net, self.c, self.t_emb = denoiser, c, t_emb
+        # (weight^T, bias) of every adaLN layer in c's dtype: under autocast c is bf16, and out= matmuls do not autocast
+        layers = [m.adaLN_modulation[-1] for m in (*denoiser.blocks, denoiser.final_layer)]
+        self.adaLN = [(layer.weight.to(c.dtype).t(), layer.bias.to(c.dtype)) for layer in layers]
+        self.silu_c = torch.empty_like(c)                                                   # (R, w)
+        self.mods = [c.new_empty(len(c), layer.out_features) for layer in layers]           # (R, 3w) or (R, 2w)
+
+    def __call__(self, z_t: torch.Tensor, i: int) -> torch.Tensor:
+        net = self.net
+        F.silu(torch.add(self.c, self.t_emb[i], out=self.silu_c), inplace=True)          # SiLU(c + t_emb), once
+        for (weight_t, bias), out in zip(self.adaLN, self.mods, strict=True):
+            torch.addmm(bias, self.silu_c, weight_t, out=out)
+        x = net.x_embedder((2 * z_t - 1).to(self.c.dtype).repeat(len(self.c) // len(z_t), 1))  # (R, w)
+        for block, mods in zip(net.blocks, self.mods, strict=False):
+            shift, scale, gate = mods.chunk(3, dim=-1)
+            h = block.norm(x).mul_(scale.add_(1)).add_(shift)                              # modulate
+            h = F.silu(block.mlp[0](h), inplace=True)
+            x.add_(block.mlp[2](h).mul_(gate))                                              # gated residual
+        shift, scale = self.mods[-1].chunk(2, dim=-1)
+        final = net.final_layer
+        return final.linear(final.norm_final(x).mul_(scale.add_(1)).add_(shift))
+
+
 # ----------------------------------------------------------------------------------------------
 # The transcoder module
 # ----------------------------------------------------------------------------------------------
@@ -266,11 +315,17 @@ class BinaryTranscoder(nn.Module):
     """p(z | h_i) for a token's K bits: training loss and the reverse chain (any subset of tokens)."""
 
     def __init__(self, K: int, cond_dim: int, width: int, blocks: int, T: int = 256,
-                 schedule: str = "linear", objective: str = "flip", focal_gamma: float = 0.0):
+                 schedule: str = "linear", objective: str = "flip", focal_gamma: float = 0.0,
+                 weighting: str | None = None):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+        if weighting not in (None, *WEIGHTINGS):
+            raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS} (or None: the "
+                             f"objective's own, {DEFAULT_WEIGHTING})")
         self.K, self.T, self.schedule, self.objective, self.focal_gamma = K, T, schedule, objective, focal_gamma
+        self.weighting = weighting or DEFAULT_WEIGHTING[objective]
+        self.denoiser_width = width
         if objective == "direct":
             self.denoiser = DirectHead(K, cond_dim, width)
         else:
@@ -291,7 +346,7 @@ class BinaryTranscoder(nn.Module):
         """
         if self.objective == "direct":
             logits = self.denoiser(cond)
-            return wbce_loss(logits, z0, self.focal_gamma), F.binary_cross_entropy_with_logits(
+            return bit_loss(logits, z0, self.weighting, self.focal_gamma), F.binary_cross_entropy_with_logits(
                 logits, z0, reduction="none")
         M = z0.shape[0]
         if t is None:
@@ -304,16 +359,15 @@ class BinaryTranscoder(nn.Module):
         else:
             target, x0_logits = z0, logits
         bce = F.binary_cross_entropy_with_logits(x0_logits, z0, reduction="none")
-        return wbce_loss(logits, target, self.focal_gamma), bce
+        return bit_loss(logits, target, self.weighting, self.focal_gamma), bce
 
     # -- sampling ---------------------------------------------------------------------------
-    def _guided_logits(self, z_t, c, cfg, guided):
-        """Denoiser logits with CFG: the conditional and null halves of c run as one batch."""
-        if not guided:
-            return self.denoiser.forward_embedded(z_t, c)
-        both = self.denoiser.forward_embedded(torch.cat([z_t, z_t]), c)
-        cond, uncond = both.chunk(2)
-        return cfg_mix(cond, uncond, cfg)
+    def _denoiser_logits(self, c: torch.Tensor, t_emb: torch.Tensor, fused: bool):
+        """logits(z_t (M, K), i) -> (R, K) for conditions c (R, w) at the i-th visited step: the fused chain
+        step, or the module's plain forward (the readable definition, bit-identical)."""
+        if fused:
+            return FusedDenoiser(self.denoiser, c, t_emb)
+        return lambda z_t, i: self.denoiser.forward_embedded(z_t.repeat(len(c) // len(z_t), 1), c + t_emb[i])
 
     def p0(self, logits: torch.Tensor, z_t: torch.Tensor, temperature: float) -> torch.Tensor:
         """P(z_0 = 1) from the denoiser's logits (flip form converted first)."""
@@ -325,14 +379,23 @@ class BinaryTranscoder(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, cond_null: torch.Tensor | None = None, steps: int | None = None,
                temperature: float = 1.0, cfg: float = 1.0, generator: torch.Generator | None = None,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
+               uniforms: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
         """Run the reverse chain for M tokens and return p0 (M, K) of the last step (t = 1).
 
         cond (M, d); cond_null (M, d) are the null-class conditions used for CFG when cfg != 1.
         uniforms (S, M, K): uniforms[0] draws z_T ~ Bernoulli(1/2), uniforms[i] the move after the
-        i-th visited step. Without them the draws come from ``generator``.
+        i-th visited step. Without them the draws come from ``generator``. ``fused=False`` runs the denoiser
+        module step by step instead of the fused chain (same bits, slower). Under bf16 autocast the denoiser
+        runs in bf16 while the draws, p0 and the posterior stay in float32 (at least). More tokens than fit in
+        ``CHAIN_ELEMENTS`` run chunk after chunk (with a generator, each chunk draws in turn).
         """
         guided = cond_null is not None and cfg != 1.0
+        chunk = max(1, CHAIN_ELEMENTS // (self.denoiser_width * (1 + guided)))
+        if len(cond) > chunk:               # bounded memory: the chain on consecutive chunks of tokens
+            return torch.cat([self.sample(cond[j:j + chunk], None if cond_null is None else cond_null[j:j + chunk],
+                                          steps, temperature, cfg, generator,
+                                          None if uniforms is None else uniforms[:, j:j + chunk], fused)
+                              for j in range(0, len(cond), chunk)])
         if guided:
             cond = torch.cat([cond, cond_null])
         if self.objective == "direct":
@@ -345,21 +408,25 @@ class BinaryTranscoder(nn.Module):
         ts = visited_steps(self.T, S)
         M = cond.shape[0] // (2 if guided else 1)
         shape = (M, self.K)
+        work = torch.promote_types(cond.dtype, torch.float32)    # bits, p0 and posterior: never below float32
 
         def uniform(i):
             if uniforms is not None:
                 return uniforms[i]
-            return torch.rand(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            return torch.rand(shape, generator=generator, device=cond.device, dtype=work)
 
         c = self.denoiser.embed_cond(cond)                                           # (M or 2M, w)
         t_emb = self.denoiser.embed_time(torch.as_tensor(ts - 1, device=cond.device))  # (S, w)
-        z_t = (uniform(0) < 0.5).to(cond.dtype)
+        denoise = self._denoiser_logits(c, t_emb, fused)
+        z_t = (uniform(0) < 0.5).to(work)
         for i, t in enumerate(ts):
-            logits = self._guided_logits(z_t, c + t_emb[i], cfg, guided)
+            logits = denoise(z_t, i).to(work)                                        # (M or 2M, K)
+            if guided:                        # the conditional and null halves ran as one batch
+                logits = cfg_mix(*logits.chunk(2), cfg)
             p0 = self.p0(logits, z_t, temperature)
             if i == len(ts) - 1:
                 return p0
             t_prev = int(ts[i + 1])
             prob = posterior(p0, z_t, self._k[t_prev], self._b[t_prev], kernel_ratio(self._beta, t_prev, int(t)))
-            z_t = (uniform(i + 1) < prob).to(cond.dtype)
+            z_t = (uniform(i + 1) < prob).to(work)
         raise AssertionError("unreachable: the chain always ends at t = 1")

@@ -193,27 +193,30 @@ def cfg_mix(cond: np.ndarray, uncond: np.ndarray, scale: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss: weighted BCE and its focal variant
+# Loss: weighted or plain BCE, and the focal variant
 # ----------------------------------------------------------------------------------------------
 def bce_with_logits(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     """-[y log sigmoid(l) + (1 - y) log(1 - sigmoid(l))] = max(l, 0) - l y + log(1 + e^-|l|)."""
     return np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))
 
 
-def wbce_loss(logits: np.ndarray, target: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    """Per-bit wBCE: a 1-bit weighs (1 - f) + 1/K, a 0-bit f + 1/K, f = mean of the token's K target bits.
-
-    gamma > 0 multiplies by (1 - p_true)^gamma (focal).  logits, target (M, K) -> (M, K).
-    """
-    K = target.shape[-1]
-    f = target.mean(-1, keepdims=True)
-    weight = np.where(target > 0.5, 1 - f, f) + 1 / K
+def focal_bce(logits: np.ndarray, target: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+    """Per-bit BCE, times (1 - p_true)^gamma when gamma > 0 (focal).  logits, target (M, K) -> (M, K)."""
     loss = bce_with_logits(logits, target)
     if gamma > 0:
         p = sigmoid(logits)
         p_true = np.where(target > 0.5, p, 1 - p)
         loss = loss * (1 - p_true) ** gamma
-    return weight * loss
+    return loss
+
+
+def wbce_loss(logits: np.ndarray, target: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+    """Per-bit wBCE: a 1-bit weighs (1 - f) + 1/K, a 0-bit f + 1/K, f = mean of the token's K target bits.
+
+    gamma > 0 makes it focal.  logits, target (M, K) -> (M, K).
+    """
+    f = target.mean(-1, keepdims=True)
+    return (np.where(target > 0.5, 1 - f, f) + 1 / target.shape[-1]) * focal_bce(logits, target, gamma)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,10 +283,12 @@ def denoise(params: dict, z_t: np.ndarray, t_index: np.ndarray, cond: np.ndarray
 # Training loss and the full reverse chain
 # ----------------------------------------------------------------------------------------------
 def transcoder_loss(params: dict, z0: np.ndarray, cond: np.ndarray, t: np.ndarray, uniform: np.ndarray,
-                    k: np.ndarray, b: np.ndarray, objective: str = "flip", gamma: float = 0.0):
+                    k: np.ndarray, b: np.ndarray, objective: str = "flip", gamma: float = 0.0,
+                    weighting: str | None = None):
     """Per-bit training loss at explicit t (M,) in 1..T and uniforms (M, K).
 
-    Returns (wBCE of the denoiser's own target (M, K), plain BCE of the implied z_0 logits (M, K)).
+    Returns (BCE of the denoiser's own target (M, K): wBCE or plain, by default wBCE for flip and plain for
+    x0 as the authors train them; plain BCE of the implied z_0 logits (M, K)).
     """
     z_t = q_sample(z0, t, k, b, uniform)
     logits = denoise(params, z_t, t - 1, cond)
@@ -294,7 +299,9 @@ def transcoder_loss(params: dict, z0: np.ndarray, cond: np.ndarray, t: np.ndarra
         target, x0_logits = z0, logits
     else:
         raise ValueError(f"unknown objective {objective!r}; the reference has 'flip' and 'x0'")
-    return wbce_loss(logits, target, gamma), bce_with_logits(x0_logits, z0)
+    weighting = weighting or {"flip": "weighted", "x0": "plain"}[objective]
+    loss = wbce_loss(logits, target, gamma) if weighting == "weighted" else focal_bce(logits, target, gamma)
+    return loss, bce_with_logits(x0_logits, z0)
 
 
 def reverse_chain(params: dict, cond: np.ndarray, uniforms: np.ndarray, T: int, S: int,

@@ -96,11 +96,11 @@ def test_sample_has_a_flag_for_every_sampling_setting(models, tmp_path):
     model's recommended settings."""
     flags = ["--num-iter", "2", "--cfg", "1", "--cfg-schedule", "linear", "--gumbel", "0.5", "--gumbel-schedule",
              "up", "--order", "raster", "--diffusion-steps", "2", "--temperature", "0.5", "--deterministic",
-             "--mask-schedule", "linear"]
+             "--mask-schedule", "linear", "--precision", "bfloat16"]
     overrides = sampling_overrides(build_parser().parse_args(["sample", *flags]))
     assert overrides == dict(num_iter=2, cfg=1.0, cfg_schedule="linear", gumbel=0.5, gumbel_schedule="up",
                              order="raster", diffusion_steps=2, temperature=0.5, deterministic=True,
-                             mask_schedule="linear")
+                             mask_schedule="linear", precision="bfloat16")
     assert set(overrides) == {f.name for f in dataclasses.fields(SamplingConfig)}
     assert sampling_overrides(build_parser().parse_args(["sample"])) == {}
     out = tmp_path / "s.png"

@@ -115,6 +115,14 @@ def test_config_validation_and_json_round_trip():
         tiny_config(sampling=dict(order="best"))
     with pytest.raises(ValueError, match="diffusion_steps must be in 1..T=16, got 17"):
         tiny_config(sampling=dict(diffusion_steps=17))
+    with pytest.raises(ValueError, match="loss_weighting 'focal' is not one of"):
+        tiny_config(loss_weighting="focal")
+
+
+@pytest.mark.parametrize("objective, weighting, expected", [("flip", None, "weighted"), ("x0", None, "plain"),
+                                                            ("x0", "weighted", "weighted"), ("flip", "plain", "plain")])
+def test_loss_weighting_defaults_to_the_authors_choice_per_objective(objective, weighting, expected):
+    assert BiGR(tiny_config(objective=objective, loss_weighting=weighting)).transcoder.weighting == expected
 
 
 def test_configs_written_before_the_sampling_group_still_load():
@@ -284,6 +292,27 @@ def test_gradients_reach_every_parameter():
     assert dead == []
 
 
+@pytest.mark.parametrize("use_adaLN", [True, False])
+def test_backbone_at_positions_equals_the_full_pass_gathered(use_adaLN):
+    """positions= computes the last block only where asked: the same conditions (and gradients) as the full
+    pass at those positions, with dropout off."""
+    model = lively_model() if use_adaLN else tiny_model(use_adaLN=False).eval()
+    cfg = model.config
+    tokens, labels = random_tokens(3, cfg), torch.tensor([0, 2, cfg.num_classes])
+    mask, idx = random_mask(3, cfg.num_tokens, 5, torch.Generator().manual_seed(1))
+    full = model.backbone(tokens, labels, mask)
+    part = model.backbone(tokens, labels, mask, positions=idx)
+    torch.testing.assert_close(part, full.gather(1, idx[..., None].expand(-1, -1, cfg.dim)), rtol=1e-5, atol=1e-6)
+    grads = []
+    for h in (full.gather(1, idx[..., None].expand(-1, -1, cfg.dim)), part):
+        model.zero_grad()
+        h.pow(2).sum().backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in model.backbone.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="positions must be integer"):
+        model.backbone(tokens, labels, mask, layer=0, positions=idx)
+
+
 def test_param_groups_follow_the_official_rule():
     model = tiny_model()
     decay, no_decay = model.param_groups(0.02)
@@ -401,6 +430,26 @@ def test_generate_returns_bits_and_reveals_everything():
     assert model.training                              # generate restores the caller's mode
     again = model.generate(labels, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_bfloat16_precision_runs_the_matmuls_in_bf16_and_draws_in_float32():
+    """precision="bfloat16" autocasts backbone and transcoder; p0, the posterior and every draw stay float32."""
+    model = lively_model()
+    labels = torch.tensor([0, 3, 4])
+    seen = []
+    model.transcoder.denoiser.final_layer.linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        seen.clear()
+        out = model.generate(labels, generator=torch.Generator().manual_seed(0), precision=precision)
+        assert set(seen) == {dtype}
+        assert out.dtype == torch.float32 and ((out == 0) | (out == 1)).all()
+    h = torch.randn(6, model.config.dim)
+    g = [torch.Generator().manual_seed(1) for _ in range(2)]
+    p32 = model.transcoder.sample(h[:3], h[3:], steps=4, cfg=2.0, generator=g[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p16 = model.transcoder.sample(h[:3], h[3:], steps=4, cfg=2.0, generator=g[1])
+    assert p16.dtype == torch.float32
+    assert (p16 - p32).abs().max() < 0.1          # bf16 matmuls move p0 a little; the same draws keep it close
 
 
 @pytest.mark.parametrize("ragged", [False, True])

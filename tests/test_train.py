@@ -202,6 +202,39 @@ def test_cli_train_sets_config_fields_and_guards_resume(tmp_path, capsys):
         assert "--set" in err and named in err and "Traceback" not in err
 
 
+CLI_TRAIN = ["train", "--batch-size", "4", "--device", "cpu", "--steps", "24", "--ckpt-every", "2", "--set",
+             "dim=32", "--set", "n_layer=1", "--set", "n_head=2", "--set", "transcoder_width=32"]
+
+
+def test_cli_train_with_the_same_seed_ends_with_the_same_weights_even_when_killed(tmp_path):
+    """--seed fixes everything: initial weights, dropout, masks, timesteps. Two runs of one command end bit-identical,
+    and so does a third that is killed mid-way and run again (it resumes); another seed ends elsewhere."""
+    _bigr_codes(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def command(out, seed=3):
+        args = [*CLI_TRAIN, "--codes", str(tmp_path / "codes"), "--out", str(tmp_path / out), "--seed", str(seed)]
+        return [sys.executable, "-c", f"from minibigr.cli import main; raise SystemExit(main({args!r}))"]
+
+    for out, seed in (("a", 3), ("b", 3), ("other", 4)):
+        subprocess.run(command(out, seed), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "train_state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(state, weights_only=True)["step"]
+    assert killed_at < 24, "the run finished before it could be killed; make it longer"
+    subprocess.run(command("killed"), env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    weights = {run: load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b", "killed", "other")}
+    for run in ("b", "killed"):
+        for name, value in weights["a"].items():
+            assert torch.equal(value, weights[run][name]), f"{name} differs between run a and run {run}"
+    assert not torch.equal(weights["a"]["backbone.mask_tok"], weights["other"]["backbone.mask_tok"])
+
+
 RUN_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})

@@ -279,13 +279,57 @@ def test_reverse_chain_matches_reference(seed, TS, M, K, cond_dim, width, blocks
     close(ours.numpy(), ref)
 
 
+@settings(deadline=None, max_examples=60)
+@given(seed=seeds, TS=steps(max_T=64), M=st.integers(1, 40), K=st.integers(1, 32), width=st.integers(2, 48),
+       blocks=st.integers(0, 3), objective=objectives, temperature=st.sampled_from([1.0, 0.7]),
+       cfg=st.sampled_from([1.0, 0.0, 3.0]), precision=st.sampled_from(["float32", "float64", "bf16 autocast"]))
+def test_fused_chain_is_bit_identical_to_the_module_path(seed, TS, M, K, width, blocks, objective, temperature,
+                                                         cfg, precision):
+    """The fused reverse chain (SiLU(c) once, in-place buffers) and the denoiser module run step by step
+    give the same p0 bit for bit, so the same tokens, on the same uniforms; under bf16 autocast too."""
+    T, S = TS
+    dtype = torch.float64 if precision == "float64" else torch.float32
+    model, _ = random_transcoder(seed, K, 8, width, blocks, T, "linear", objective, 0.3)
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    cond, cond_null = torch.randn(M, 8, generator=g, dtype=dtype), torch.randn(M, 8, generator=g, dtype=dtype)
+    uniforms = torch.rand(S, M, K, generator=g, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+        fused, plain = (model.sample(cond, cond_null, steps=S, temperature=temperature, cfg=cfg, uniforms=uniforms,
+                                     fused=f) for f in (True, False))
+    assert torch.equal(fused, plain)
+
+
+def test_large_batches_run_the_chain_in_chunks_of_bounded_size(monkeypatch):
+    """With room for 5 tokens per chunk (CFG doubles the rows), 13 tokens run as 5 + 5 + 3: the same p0 on the
+    same uniforms as one piece."""
+    model, _ = random_transcoder(3, 6, 4, 8, 2, 16, "linear", "flip", 0.3)
+    g = torch.Generator().manual_seed(0)
+    cond, cond_null = torch.randn(13, 4, generator=g, dtype=torch.float64), torch.randn(13, 4, generator=g,
+                                                                                       dtype=torch.float64)
+    uniforms = torch.rand(8, 13, 6, generator=g, dtype=torch.float64)
+    whole = model.sample(cond, cond_null, steps=8, cfg=2.0, uniforms=uniforms)
+    sizes = []
+    original = mt.FusedDenoiser.__init__
+
+    def counting_init(self, denoiser, c, t_emb):
+        sizes.append(len(c))
+        original(self, denoiser, c, t_emb)
+    monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
+    monkeypatch.setattr(mt, "CHAIN_ELEMENTS", 5 * 8 * 2)
+    chunked = model.sample(cond, cond_null, steps=8, cfg=2.0, uniforms=uniforms)
+    assert sizes == [10, 10, 6]                  # rows per chain: both CFG halves of 5, 5 and 3 tokens
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
 @settings(deadline=None, max_examples=100)
 @given(seed=seeds, name=schedules, T=st.integers(1, 256), M=st.integers(1, 16), K=st.integers(1, 32),
        cond_dim=st.integers(1, 8), width=st.integers(2, 16), blocks=st.integers(0, 2), objective=objectives,
-       gamma=st.sampled_from([0.0, 0.5, 2.0]))
-def test_training_loss_matches_reference(seed, name, T, M, K, cond_dim, width, blocks, objective, gamma):
+       gamma=st.sampled_from([0.0, 0.5, 2.0]), weighting=st.sampled_from([None, "weighted", "plain"]))
+def test_training_loss_matches_reference(seed, name, T, M, K, cond_dim, width, blocks, objective, gamma, weighting):
     model, params = random_transcoder(seed, K, cond_dim, width, blocks, T, name, objective, 0.3)
     model.focal_gamma = gamma
+    model.weighting = weighting or mt.DEFAULT_WEIGHTING[objective]
     rng = np.random.default_rng(seed)
     z0 = (rng.random((M, K)) < rng.random()).astype(np.float64)
     cond = rng.normal(size=(M, cond_dim))
@@ -295,10 +339,62 @@ def test_training_loss_matches_reference(seed, name, T, M, K, cond_dim, width, b
         loss, bce = model.loss(torch.from_numpy(z0), torch.from_numpy(cond), t=torch.from_numpy(t),
                                uniform=torch.from_numpy(u))
     # the module keeps a device copy of the schedule; the reference loss is handed the same numbers
-    loss_r, bce_r = rt.transcoder_loss(params, z0, cond, t, u, model.k.numpy(), model.b.numpy(), objective, gamma)
+    loss_r, bce_r = rt.transcoder_loss(params, z0, cond, t, u, model.k.numpy(), model.b.numpy(), objective, gamma,
+                                       weighting)
     # atol: torch's BCE is log(1 + e^-|l|) without log1p, which loses relative precision below ~1e-10
     close(loss.numpy(), loss_r, atol=1e-10)
     close(bce.numpy(), bce_r, atol=1e-10)
+
+
+def hand_loss_setup(objective, weighting=None):
+    """A small fixed batch: 2 tokens of 4 bits at t = 1 and t = 3 with explicit uniforms, and the denoiser's
+    logits on the z_t those uniforms give (computed here by hand from the schedule)."""
+    model, _ = random_transcoder(7, 4, 3, 8, 1, 4, "linear", objective, 0.5)
+    model.weighting = weighting or mt.DEFAULT_WEIGHTING[objective]
+    z0 = torch.tensor([[1.0, 0, 0, 1], [0, 0, 1, 1]], dtype=torch.float64)
+    cond = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], dtype=torch.float64)
+    t = torch.tensor([1, 3])
+    u = torch.tensor([[0.1, 0.9, 0.5, 0.95], [0.3, 0.2, 0.8, 0.6]], dtype=torch.float64)
+    # linear schedule, T = 4: beta_t = 1 - 1/(5 - t) -> k_1 = 3/4, k_3 = 3/4 * 2/3 * 1/2 = 1/4; b = (1 - k)/2
+    k = torch.tensor([[0.75], [0.25]], dtype=torch.float64)
+    z_t = (u < k * z0 + (1 - k) / 2).double()
+    with torch.no_grad():
+        logits = model.denoiser(z_t, (t - 1).double(), cond)
+        loss, _ = model.loss(z0, cond, t=t, uniform=u)
+    return z0, z_t, logits, loss
+
+
+def plain_bce(logits, target):
+    """-[y log p + (1 - y) log(1 - p)], p = sigmoid(l): the textbook form (compare with atol 1e-12, as log(1 - p)
+    loses relative precision where p is within 1e-12 of 1)."""
+    p = torch.sigmoid(logits)
+    return -(target * torch.log(p) + (1 - target) * torch.log(1 - p))
+
+
+def test_x0_loss_is_plain_bce_of_its_logits_against_z0():
+    """The authors train x0 with their focal loss at alpha = 0: plain BCE, no per-token weight."""
+    z0, _, logits, loss = hand_loss_setup("x0")
+    close(loss.numpy(), plain_bce(logits, z0).numpy(), atol=1e-12)
+
+
+def test_flip_loss_is_the_authors_weighted_bce_of_the_flip_target():
+    """alpha = -1: each token's rare target value weighs 1 - f (f = the token's mean target), the common one f,
+    and every bit 1/K more."""
+    z0, z_t, logits, loss = hand_loss_setup("flip")
+    r = (z0 != z_t).double()
+    f = r.mean(-1, keepdim=True)
+    weight = r * (1 - f) + (1 - r) * f + 1 / 4
+    close(loss.numpy(), (weight * plain_bce(logits, r)).numpy(), atol=1e-12)
+
+
+def test_the_other_weighting_stays_available_for_both_objectives():
+    z0, _, logits, loss = hand_loss_setup("x0", "weighted")
+    f = z0.mean(-1, keepdim=True)
+    close(loss.numpy(), ((z0 * (1 - f) + (1 - z0) * f + 1 / 4) * plain_bce(logits, z0)).numpy(), atol=1e-12)
+    z0, z_t, logits, loss = hand_loss_setup("flip", "plain")
+    close(loss.numpy(), plain_bce(logits, (z0 != z_t).double()).numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="loss weighting 'focal'"):
+        mt.BinaryTranscoder(4, 3, 8, 1, weighting="focal")
 
 
 @settings(deadline=None, max_examples=80)
@@ -307,8 +403,10 @@ def test_wbce_matches_reference(seed, M, K, gamma):
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(M, K)) * 4
     target = (rng.random((M, K)) < rng.random()).astype(np.float64)
-    ours = mt.wbce_loss(torch.from_numpy(logits), torch.from_numpy(target), gamma).numpy()
+    ours = mt.bit_loss(torch.from_numpy(logits), torch.from_numpy(target), "weighted", gamma).numpy()
     close(ours, rt.wbce_loss(logits, target, gamma))
+    plain = mt.bit_loss(torch.from_numpy(logits), torch.from_numpy(target), "plain", gamma).numpy()
+    close(plain, rt.focal_bce(logits, target, gamma))
     f = target.mean(-1, keepdims=True)  # the rare value of a token weighs more, and every bit at least 1/K
     close(rt.wbce_loss(np.zeros((M, K)), target) / math.log(2), np.where(target > 0.5, 1 - f, f) + 1 / K)
 
