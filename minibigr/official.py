@@ -222,7 +222,7 @@ def _strip_bae_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     raise ValueError(f"not a B-AE state dict: no 'ae.encoder.blocks.*' keys (first keys: {sorted(state)[:5]})")
 
 
-def load_bae(name_or_path, image_size: int | None = None, dtype: torch.dtype | None = None, **overrides):
+def load_bae(state_dict_or_path, image_size: int | None = None, dtype: torch.dtype | None = None, **overrides):
     """The authors' B-AE as a minibigr BinaryAutoencoder: a name of ``BAES`` ("d24", "d32", "d32-512"; from the
     Hugging Face Hub), a ``binaryae_*.th`` file, or its state dict.
 
@@ -231,8 +231,8 @@ def load_bae(name_or_path, image_size: int | None = None, dtype: torch.dtype | N
     for a name, else 256. overrides set any other TokenizerConfig field (the official images are in [0,1]:
     image_range="unit"). The model is returned in eval mode, in ``dtype`` if given.
     """
-    entry = _registered(name_or_path, BAES, "B-AE")
-    source = hub_file(entry.path) if entry else name_or_path
+    entry = _registered(state_dict_or_path, BAES, "B-AE")
+    source = hub_file(entry.path) if entry else state_dict_or_path
     image_size = image_size or (entry.image_size if entry else 256)
     state = _strip_bae_prefix(_read(source))
     state = {k: v for k, v in state.items() if not k.startswith(BAE_LOGSIGMA)}
@@ -351,7 +351,7 @@ def _from_official_bigr(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_bigr(name_or_path, entry: str | None = None, num_heads: int | None = None,
+def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | None = None,
               dtype: torch.dtype | None = None, **overrides):
     """The authors' BiGR as a minibigr BiGR: a name of ``MODELS`` (e.g. "BiGR-L-d24"; from the Hugging Face
     Hub), a ``bigr_*.pt`` file, its dict, or a bare state dict.
@@ -363,8 +363,8 @@ def load_bigr(name_or_path, entry: str | None = None, num_heads: int | None = No
     ``sampling=`` a dict or a SamplingConfig of the settings to change); one that contradicts the weights is
     an error. Loading is strict. The model is returned in eval mode, in ``dtype`` if given (e.g. bfloat16).
     """
-    published_entry = _registered(name_or_path, MODELS, "BiGR model")
-    source = hub_file(published_entry.path) if published_entry else name_or_path
+    published_entry = _registered(state_dict_or_path, MODELS, "BiGR model")
+    source = hub_file(published_entry.path) if published_entry else state_dict_or_path
     num_heads = num_heads or (published_entry.num_heads if published_entry else None)
     state = _bigr_state(_read(source), entry)
     if not any(k.startswith(BIGR_DENOISER) for k in state):      # only the diffusion_processor copy was kept

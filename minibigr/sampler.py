@@ -61,8 +61,8 @@ class SamplingConfig:
     deterministic: bool = _setting(False, "revealed bits are [p > 1/2] instead of Bernoulli(p)")
     mask_schedule: str = _setting("cosine", "tokens left masked after step i: n cos(pi/2 i/I), or n (1 - i/I)",
                                   MASK_SCHEDULES)
-    precision: str = _setting("float32", "matmul precision of backbone and transcoder: bfloat16 autocast is about "
-                              "2x faster on GPUs and on CPUs with native bf16; draws, p0 and posterior stay float32",
+    precision: str = _setting("float32", "matmul precision of backbone and transcoder: bfloat16 autocast is faster "
+                              "on GPUs and on CPUs with native bf16; draws, p0 and posterior stay float32",
                               PRECISIONS)
 
     def __post_init__(self):

@@ -213,7 +213,7 @@ def seed_run(s: TrainSettings, d: Dist) -> torch.Generator:
     """The run's RNGs from its seed: the returned generator (batches' masks, timesteps, label drops) and torch's
     global RNG (dropout, the discriminator's initial weights), per rank. A resumed run restores both instead."""
     torch.manual_seed(s.seed + 7919 * d.rank)
-    return torch.Generator(device=d.device).manual_seed(s.seed + 7919 * d.rank)
+    return _seeded(s.seed + 7919 * d.rank, d.device)
 
 
 def rng_state(generator: torch.Generator) -> dict:
