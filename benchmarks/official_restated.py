@@ -250,10 +250,13 @@ class OfficialBiGR(nn.Module):
         self.diffusion_processor = BinaryDiffusion(self.denoise_mlp, c.T, flip=c.objective == "flip")
         self.register_buffer("freqs_cis", rotary_2d(math.isqrt(c.num_tokens), c.dim // c.n_head), persistent=False)
 
-    def random_mask(self, B: int, device) -> torch.Tensor:
-        """Their training mask: one cosine-drawn count per batch, positions from sorted noise (float, 1 = masked)."""
-        step = torch.randint(0, self.N, (1,))
-        n = int(torch.maximum(torch.Tensor([1]), torch.floor(self.N * torch.cos(math.pi / 2 * step / self.N))).item())
+    def random_mask(self, B: int, device, n: int | None = None) -> torch.Tensor:
+        """Their training mask: one cosine-drawn count per batch (or n), positions from sorted noise (float, 1 =
+        masked)."""
+        if n is None:
+            step = torch.randint(0, self.N, (1,))
+            n = torch.maximum(torch.Tensor([1]), torch.floor(self.N * torch.cos(math.pi / 2 * step / self.N)))
+            n = int(n.item())
         while True:
             noise = torch.rand(B, self.N, device=device)
             cutoff = torch.sort(noise, dim=1)[0][:, n - 1:n]
@@ -274,10 +277,11 @@ class OfficialBiGR(nn.Module):
             h = layer(h, ada, self.freqs_cis, attn_mask)
         return self.norm(h).float()[:, 1:].contiguous() + self.diffusion_pos_embed_learned
 
-    def loss(self, tokens, labels):
-        """Training loss of one batch: the transcoder on every token, averaged over the masked ones."""
+    def loss(self, tokens, labels, n_mask: int | None = None):
+        """Training loss of one batch: the transcoder on every token, averaged over the masked ones (n_mask per
+        sample: drawn as they draw it, unless given)."""
         B, N, K = tokens.shape
-        mask = self.random_mask(B, tokens.device)
+        mask = self.random_mask(B, tokens.device, n_mask)
         h = self.conditions(tokens, labels, mask)
         loss_all, _ = self.diffusion_processor.loss(tokens.reshape(-1, K), h.reshape(-1, h.shape[-1]))
         weight = mask.unsqueeze(-1).repeat_interleave(K, dim=-1)

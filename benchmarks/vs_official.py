@@ -17,7 +17,7 @@ same thing:
 
 Then it times sampling (images/s, one ``generate`` call per repeat, best of ``--repeat``) and a training
 step (forward, backward, AdamW step; steps/s, best of ``--repeat`` runs of ``--train-steps`` steps, after one
-warm-up run), the two sides taking turns, on
+warm-up run; both sides mask the same numbers of tokens, spread over the schedule), the two sides taking turns, on
 
   shipped   the shipped Fashion-MNIST model (8 x 8 tokens, K = 16, d = 256): I = 10, S = 50, CFG 3,
             Gumbel 0.03, confidence order, batch 50; training batch 64
@@ -32,15 +32,19 @@ and prints a table with the ratios (minibigr / authors; > 1 means minibigr is fa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # `python benchmarks/vs_official.py` from anywhere
 
-from benchmarks.official_restated import OfficialBiGR
-from minibigr import BiGR, BiGRConfig, official, pretrained
-from minibigr.model import masked_probs
-from minibigr.sampler import sample_tokens
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.official_restated import OfficialBiGR  # noqa: E402
+from minibigr import BiGR, BiGRConfig, official, pretrained  # noqa: E402
+from minibigr.model import mask_count, masked_probs  # noqa: E402
+from minibigr.sampler import sample_tokens  # noqa: E402
 
 CONFIGS = {
     "shipped": dict(sampling=dict(num_iter=10, diffusion_steps=50, cfg=3.0, gumbel=0.03), batch=50, train_batch=64),
@@ -124,15 +128,22 @@ def timed_pair(ours, theirs, repeat: int, device: torch.device, warmup: bool) ->
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
-def trainer(loss_fn, module, steps: int, amp):
-    """A closure running ``steps`` training steps: loss (inside the ``amp`` context), backward, AdamW (the
-    authors' optimiser settings)."""
+def mask_counts(N: int, steps: int) -> list[int]:
+    """The masked tokens per sample of each timed training step: the cosine schedule's n_mask at s spread evenly
+    over 0..N-1. minibigr's step costs more with more masked tokens and the authors' hardly changes, so both sides
+    take the same counts, and a run of a few steps costs what the schedule costs on average."""
+    return [mask_count(int((j + 0.5) * N / steps), N) for j in range(steps)]
+
+
+def trainer(loss_fn, module, counts: list[int], amp):
+    """A closure running one training step per mask count: loss_fn(n_mask) (inside the ``amp`` context), backward,
+    AdamW (the authors' optimiser settings)."""
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.02)
 
     def run():
-        for _ in range(steps):
+        for n_mask in counts:
             with amp:
-                loss = loss_fn()
+                loss = loss_fn(n_mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -168,10 +179,10 @@ def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16
     model.train(), twin.train()
     # training: the warm-up run also creates AdamW's state
     loss = torch.compile(model.loss) if compile_loss else model.loss
-    ours_train, theirs_train = timed_pair(trainer(lambda: loss(tokens, train_labels, generator=g)[0], model,
-                                                  train_steps, amp),
-                                          trainer(lambda: twin.loss(tokens, train_labels), twin, train_steps, amp),
-                                          repeat, device, True)
+    counts = mask_counts(model.config.num_tokens, train_steps)
+    ours_train, theirs_train = timed_pair(
+        trainer(lambda n: loss(tokens, train_labels, draws=model.loss_draws(B, g, device, n))[0], model, counts, amp),
+        trainer(lambda n: twin.loss(tokens, train_labels, n), twin, counts, amp), repeat, device, True)
     n = spec["batch"]
     return {"config": name + (" bf16" if bf16 else "") + (" compiled loss" if compile_loss else ""),
             "h_diff": h_diff, "identical": identical,
@@ -199,7 +210,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for both sides")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs; the best counts")
-    ap.add_argument("--train-steps", type=int, default=5, help="training steps per timed run")
+    ap.add_argument("--train-steps", type=int, default=8, help="training steps per timed run")
     ap.add_argument("--bf16", action="store_true", help="both sides under bf16 autocast (always for BiGR-L on CUDA)")
     ap.add_argument("--compile", action="store_true", help="minibigr's training loss through torch.compile")
     args = ap.parse_args()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,15 +38,31 @@ def random_mask(B: int, N: int, n_mask: int, generator: torch.Generator | None =
                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly n_mask random positions per sample: (mask (B, N) bool True = masked, idx (B, n_mask))."""
     idx = torch.rand(B, N, generator=generator, device=device).argsort(dim=1)[:, :n_mask]
-    mask = torch.zeros(B, N, dtype=torch.bool, device=device).scatter_(1, idx, True)
-    return mask, idx
+    return positions_mask(idx, N), idx
 
 
-def drop_labels(labels: torch.Tensor, p: float, null_class: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by the null class with probability p (classifier-free guidance training)."""
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p
-    return torch.where(drop, torch.full_like(labels, null_class), labels)
+def positions_mask(idx: torch.Tensor, N: int) -> torch.Tensor:
+    """The mask (B, N) bool that is True at the positions idx (B, n)."""
+    return torch.zeros(idx.shape[0], N, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
+
+
+def label_drops(B: int, p: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(B,) bool: which labels become the null class, each with probability p (classifier-free guidance training)."""
+    return torch.rand(B, generator=generator, device=device) < p
+
+
+@dataclass
+class LossDraws:
+    """Every random draw of one training step (docs/method.md §3, §4.2), made before the step.
+
+    Given them, ``BiGR.loss`` is deterministic (dropout aside), so ``torch.compile`` captures it whole: a
+    generator drawn from inside the step would break the graph at every draw.
+    """
+
+    drop: torch.Tensor                  # (B,) bool: the label becomes the null class
+    idx: torch.Tensor                   # (B, n_mask) the masked positions
+    t: torch.Tensor | None              # (B * n_mask,) transcoder timesteps in 1..T (None: direct objective)
+    uniform: torch.Tensor | None        # (B * n_mask, K) uniforms of the forward draw z_t ~ q(z_t | z_0)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -159,29 +176,43 @@ class BiGR(Checkpointed, nn.Module):
             labels = self._check_labels(labels, B)
         return self.backbone(tokens, labels, mask)
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+    def loss_draws(self, B: int, generator: torch.Generator | None = None, device=None,
+                   n_mask: int | None = None) -> LossDraws:
+        """The random draws of one training step on B samples (labels are dropped in training mode only).
+
+        One s ~ U{0..N-1} per batch sets n_mask = max(1, floor(N cos(pi/2 s/N))) unless ``n_mask`` is given;
+        every sample masks exactly n_mask random positions.
+        """
+        N, p = self.config.num_tokens, self.config.class_dropout
+        drop = (label_drops(B, p, generator, device) if self.training and p > 0
+                else torch.zeros(B, dtype=torch.bool, device=device))
+        if n_mask is None:
+            n_mask = mask_count(int(torch.randint(0, N, (1,), generator=generator, device=device)), N)
+        elif not 1 <= n_mask <= N:
+            raise ValueError(f"n_mask must be in 1..{N}, got {n_mask}")
+        _, idx = random_mask(B, N, n_mask, generator, device)
+        return LossDraws(drop, idx, *self.transcoder.loss_draws(B * n_mask, generator, device))
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+             draws: LossDraws | None = None):
         """Masked-modeling loss of one batch: (loss, stats).
 
-        In training mode labels become the null class with probability ``class_dropout``. One
-        s ~ U{0..N-1} per batch sets n_mask = max(1, floor(N cos(pi/2 s/N))); every sample masks
-        exactly n_mask random positions, and the transcoder loss is averaged over those positions
-        and the K bits. stats: loss and bce (detached tensors), mask_rate and n_mask (numbers).
+        The random draws are ``draws`` (see ``loss_draws``), or drawn here from ``generator``. Dropped labels
+        become the null class; the transcoder loss is averaged over the masked positions and the K bits.
+        stats: loss and bce (detached tensors), n_mask (masked tokens per sample).
         """
         B = self._check_tokens(tokens)
         labels = self._check_labels(labels, B, check_range=False)
-        N, device = self.config.num_tokens, tokens.device
-        if self.training and self.config.class_dropout > 0:
-            labels = drop_labels(labels, self.config.class_dropout, self.null_class, generator)
-        s = int(torch.randint(0, N, (1,), generator=generator, device=device))
-        n_mask = mask_count(s, N)
-        mask, idx = random_mask(B, N, n_mask, generator, device)
+        if draws is None:
+            draws = self.loss_draws(B, generator, tokens.device)
+        labels = torch.where(draws.drop, self.null_class, labels)                          # (B,)
+        mask = positions_mask(draws.idx, self.config.num_tokens)                           # (B, N)
         # the conditions of the masked tokens only: the backbone's last block runs its queries there alone
-        cond = self.backbone(tokens, labels, mask, positions=idx).flatten(0, 1)  # (B * n_mask, d)
-        z0 = gather_tokens(tokens, idx).to(self.backbone.tok_embeddings.weight.dtype)
-        loss_bits, bce = self.transcoder.loss(z0, cond, generator=generator)      # (M, K) each
+        cond = self.backbone(tokens, labels, mask, positions=draws.idx).flatten(0, 1)      # (B * n_mask, d)
+        z0 = gather_tokens(tokens, draws.idx).to(self.backbone.tok_embeddings.weight.dtype)  # (B * n_mask, K)
+        loss_bits, bce = self.transcoder.loss(z0, cond, t=draws.t, uniform=draws.uniform)   # (B * n_mask, K) each
         loss = loss_bits.mean()
-        return loss, {"loss": loss.detach(), "bce": bce.mean().detach(), "mask_rate": n_mask / N,
-                      "n_mask": n_mask}
+        return loss, {"loss": loss.detach(), "bce": bce.mean().detach(), "n_mask": draws.idx.shape[1]}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups with the official rule: decay every parameter of >= 2 dimensions (weight

@@ -458,8 +458,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, labels, generator):
-        return self.model.loss(tokens, labels, generator=generator)
+    def forward(self, tokens, labels, draws):
+        return self.model.loss(tokens, labels, draws=draws)
 
 
 def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample_labels=None) -> nn.Module:
@@ -514,8 +514,10 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
         tokens, labels = tokens.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
+        # the step's random draws come first, outside the (possibly compiled) step: no graph breaks there
+        draws = model.loss_draws(len(tokens), generator, d.device)
         with autocast(d, s.amp):
-            loss, stats = step_module(tokens, labels, generator)
+            loss, stats = step_module(tokens, labels, draws)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or float("inf"))

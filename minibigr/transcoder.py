@@ -337,21 +337,31 @@ class BinaryTranscoder(nn.Module):
         self._k, self._b, self._beta = k.numpy(), b.numpy(), beta.numpy()
 
     # -- training ---------------------------------------------------------------------------
+    def loss_draws(self, M: int, generator: torch.Generator | None = None,
+                   device=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The random draws of ``loss`` for M tokens: (t (M,) in 1..T, uniform (M, K)); (None, None) for "direct"."""
+        if self.objective == "direct":
+            return None, None
+        t = torch.randint(1, self.T + 1, (M,), generator=generator, device=device)
+        return t, torch.rand(M, self.K, generator=generator, device=device)
+
     def loss(self, z0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, uniform: torch.Tensor | None = None):
         """Per-bit training loss for clean bits z0 (M, K) under conditions cond (M, d).
 
         Returns (loss (M, K), bce (M, K)); bce is the plain BCE of the implied z_0 logits.
-        t (M,) in 1..T and uniform (M, K) make the forward draw explicit.
+        t (M,) in 1..T and uniform (M, K) make the forward draw explicit (both or neither); without them
+        ``loss_draws`` draws both from ``generator``.
         """
         if self.objective == "direct":
             logits = self.denoiser(cond)
             return bit_loss(logits, z0, self.weighting, self.focal_gamma), F.binary_cross_entropy_with_logits(
                 logits, z0, reduction="none")
-        M = z0.shape[0]
+        if (t is None) != (uniform is None):
+            raise ValueError("give both t and uniform (an explicit forward draw) or neither")
         if t is None:
-            t = torch.randint(1, self.T + 1, (M,), generator=generator, device=z0.device)
-        z_t = q_sample(z0, t, self.k, self.b, uniform=uniform, generator=generator)
+            t, uniform = self.loss_draws(len(z0), generator, z0.device)
+        z_t = q_sample(z0, t, self.k, self.b, uniform=uniform)
         logits = self.denoiser(z_t, (t - 1).to(cond.dtype), cond)
         if self.objective == "flip":
             target = (z0 != z_t).to(z0.dtype)

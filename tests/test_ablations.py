@@ -68,8 +68,8 @@ def test_settings_are_pinned_per_output_directory(tmp_path):
     path, sampling = tmp_path / "settings.json", {"cfg": 2.0, "gumbel": 0.1}
     ab.pin_settings(path, ab.Settings(), sampling)
     ab.pin_settings(path, ab.Settings(), dict(sampling))
-    with pytest.raises(ValueError, match="steps"):
-        ab.pin_settings(path, ab.Settings(steps=5), sampling)
+    with pytest.raises(ValueError, match="max_steps"):
+        ab.pin_settings(path, ab.Settings(max_steps=5), sampling)
     with pytest.raises(ValueError, match="sampling"):           # the shipped model's defaults changed meanwhile
         ab.pin_settings(path, ab.Settings(), {"cfg": 3.0, "gumbel": 0.1})
 
@@ -91,6 +91,53 @@ def test_null_labels_keep_the_tokens_and_null_every_label():
     assert (data.K, data.h, data.w, len(data)) == (4, 2, 2, 6)
 
 
+def test_rows_view_a_slice_of_the_cache():
+    class Codes:
+        K, h, w = 4, 2, 2
+
+        def __len__(self):
+            return 10
+
+        def get_batch(self, indices):
+            return torch.as_tensor(indices)[:, None, None].float().expand(-1, 4, 4), torch.as_tensor(indices)
+
+    held = ab.Rows(Codes(), 7, 10)
+    assert len(held) == 3 and held.get_batch(torch.tensor([0, 2]))[1].tolist() == [7, 9]
+
+
+def test_early_stopping_waits_patience_rounds_after_a_real_improvement():
+    s = ab.Settings(patience=2, max_steps=10_000)
+    rows = [{"step": 500 * (k + 1), "loss": loss} for k, loss in enumerate([1.0, 0.9, 0.8995, 0.95])]
+    assert ab.best_round(rows) == 1                       # 0.8995 beats 0.9 by less than 0.1 %
+    assert not ab.converged(rows[:3], s) and ab.converged(rows, s)
+    assert not ab.converged([], s) and ab.converged(rows[:1], ab.Settings(max_steps=500))
+
+
+def test_heldout_loss_is_the_same_at_every_call_and_covers_the_schedule():
+    from minibigr.model import BiGR, BiGRConfig, mask_count
+
+    torch.manual_seed(0)
+    model = BiGR(BiGRConfig.preset("tiny-32", dim=32, n_layer=2, n_head=2, transcoder_width=32, K=8, num_tokens=16))
+
+    class Codes:
+        K, h, w = 8, 4, 4
+
+        def __len__(self):
+            return 40
+
+        def get_batch(self, indices):
+            g = torch.Generator().manual_seed(1)
+            tokens = (torch.rand(40, 16, 8, generator=g) < 0.5).float()
+            return tokens[indices], torch.as_tensor(indices) % 10
+
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(int(args[2][0].sum())))
+    first = ab.heldout_loss(model, Codes(), seed=0, batch_size=10)
+    assert first == ab.heldout_loss(model, Codes(), seed=0, batch_size=10)
+    assert 0 < first["bce"] < 2 and not model.training
+    assert seen[:4] == [mask_count(s, 16) for s in (2, 6, 10, 14)]        # s = (j + 1/2) N / 4 for j = 0..3
+
+
 def test_unknown_stage_is_refused(capsys):
     with pytest.raises(SystemExit):
         ab.parse_args(["--out", "x", "--only", "order,speed"])
@@ -98,12 +145,15 @@ def test_unknown_stage_is_refused(capsys):
 
 
 # -- the report from stored results -------------------------------------------------------------
-def fake_eval(model, fd, order="entropy", num_iter=10, steps=50, deterministic=False, seconds=0.8):
+REFERENCE = {"fd_test_vs_train": 0.37, "precision": 0.7, "recall": 0.75, "class_accuracy_test": 0.9}
+
+
+def fake_eval(model, fd, seconds=0.8, **sampling):
+    base = {"order": "entropy", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
+            "gumbel": 0.03, "mask_schedule": "cosine"}
     return {"samples": 200, "fd": fd, "class_accuracy": 0.81, "precision": 0.83, "recall": 0.27, "knn_points": 200,
-            "seconds_per_image": 2 * seconds, "cpu_seconds_per_image": seconds,
-            "reference": {"fd_test_vs_train": 0.37}, "model": model, "seconds": 60.0,
-            "sampling": {"order": order, "num_iter": num_iter, "diffusion_steps": steps,
-                         "deterministic": deterministic}}
+            "seconds_per_image": 2 * seconds, "cpu_seconds_per_image": seconds, "reference": REFERENCE,
+            "model": model, "seconds": 60.0, "sampling": {**base, **sampling}}
 
 
 def fake_probe(top1):
@@ -112,20 +162,26 @@ def fake_probe(top1):
 
 
 def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
-    evals = [fake_eval("shipped", fd, order=o) for o, fd in zip(ab.ORDERS, (3.0, 3.5, 9.0, 4.0), strict=True)]
-    evals.append(fake_eval("shipped", 3.2, deterministic=True))
+    """Every evaluation for seeds 0, 1, 2 with FD mean - 0.1, mean, mean + 0.1 (a range of 0.2)."""
+    orders = [ab.order_overrides(o, 64) for o in ab.ORDERS]
+    evals = [fake_eval("shipped", fd, **o) for o, fd in zip(orders, (3.0, 3.5, 9.0, 4.0, 4.05), strict=True)]
+    evals.append(fake_eval("shipped", 3.05, deterministic=True))
     evals += [fake_eval(o, fd, seconds=0.1 if o == "direct" else 0.8)
               for o, fd in zip(ab.OBJECTIVES, (5.0, 7.0, 6.0), strict=True)]
+    evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2 + gumbel, cfg=cfg, gumbel=gumbel)
+              for cfg in lab.s.guidance_cfgs for gumbel in lab.s.guidance_gumbels if (cfg, gumbel) != (3.0, 0.03)]
     if with_time:
-        evals += [fake_eval("shipped", 10.0 / i + 5.0 / s, num_iter=i, steps=s, seconds=i * s / 500)
+        evals += [fake_eval("shipped", 10.0 / i + 5.0 / s, num_iter=i, diffusion_steps=s, seconds=i * s / 500)
                   for i in lab.s.grid_iters for s in lab.s.grid_steps if (i, s) != (10, 50)]
-    results = {ab.eval_name(r["model"], r["sampling"]): r for r in evals}
-    cheapest = fake_eval("shipped", 0, num_iter=min(lab.s.grid_iters), steps=min(lab.s.grid_steps))
-    for k, fd in zip(range(1, ab.NOISE_SEEDS), (3.5, 2.9), strict=True):
-        results[f"{ab.eval_name('shipped', cheapest['sampling'])}-seed{lab.s.seed + k}"] = {**cheapest, "fd": fd}
+    results = {}
+    for r in evals:
+        for k, delta in enumerate((-0.1, 0.0, 0.1)):
+            results[f"{ab.eval_name(r['model'], r['sampling'])}-seed{lab.s.seed + k}"] = {**r, "fd": r["fd"] + delta}
     for name, (objective, unconditional) in ab.TRAINED.items():
-        results[f"train-{name}"] = {"objective": objective, "unconditional": unconditional, "steps": 600,
-                                    "cpu_seconds": 300.0, "final_loss": 0.3, "final_bce": 0.2, "seconds": 400.0}
+        history = [{"step": 500, "loss": 0.3, "bce": 0.2, "cpu_seconds": 200.0}]
+        results[f"train-{name}"] = {"objective": objective, "unconditional": unconditional, "best_step": 1500,
+                                    "stopped_at": 3500, "heldout_loss": 0.3, "heldout_bce": 0.2,
+                                    "cpu_seconds": 1200.0, "history": history, "seconds": 1300.0}
     for name, top1 in (("flip", 0.74), ("unconditional", 0.78), ("shipped", 0.8)):
         results[f"probe-{name}"] = fake_probe(top1)
     results["probe-pixels"] = {"layer": "pixels", "heldout": {"pixels": 0.83}, "test": {"top1": 0.82, "top5": 0.99}}
@@ -135,10 +191,13 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
 
 def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     lab = ab.Lab(tmp_path / "out", ab.Settings())
+    lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]       # the reference model is never loaded
+    lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab)
     summary = ab.run_ablations(lab, only=())             # read-only: any missing result would be left out
     assert set(summary) == set(ab.STAGES)
     assert summary["order"]["entropy"] == summary["bits"]["bernoulli"]     # one result serves both
+    assert summary["order"]["entropy"]["fd_range"] == [2.9, 3.1] and len(summary["order"]["entropy"]["runs"]) == 3
     assert len(summary["time"]) == len(lab.s.grid_iters) * len(lab.s.grid_steps)
 
     (tmp_path / "benchmarks").mkdir()
@@ -146,18 +205,21 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     meta = ab.report_meta(lab, "python benchmarks/ablations.py --out x", 12.0)
     written = ab.write_report(summary, meta, lab.out, publish=True, repo=tmp_path)
     md = (lab.out / "ablations.md").read_text()
-    for header in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
         assert header in md
-    assert "| **entropy** | 3.00 | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
-    assert "Ranking by FD here: entropy < confidence < raster < random" in md
-    assert "entropy < raster < random (paper: entropy < raster < random)" in md
+    assert "| **entropy** | 3.00 (2.90–3.10) | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
+    assert "Ranking by FD here: entropy < confidence < raster ≈ raster-1 < random" in md
+    assert "entropy < raster-1 < random (paper: entropy < raster-1 < random)" in md
     assert "flip < direct < x0 (paper: flip < x0 < direct)" in md
+    assert "| flip objective beats x0 | 5.00 vs 7.00 | holds |" in md
+    assert "| x0 objective beats direct | 7.00 vs 6.00 | reversed |" in md
+    assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 3.00 vs 3.05 | holds (within" in md
     assert "+4.0 points (paper: +0.8)" in md
-    assert "seeds 0, 1, 2 gives FD 3.00 / 3.50 / 2.90 (a spread of 0.60)" in md
+    assert "FD-best: CFG 2, Gumbel 0.03" in md and "| **2** | 0.03 |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
-    assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_bars.png)" in published
-    for png in ("ablations_time.png", "ablations_bars.png"):
+    assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_guidance.png)" in published
+    for png in ("ablations_time.png", "ablations_bars.png", "ablations_guidance.png"):
         for where in (lab.out, tmp_path / "docs"):
             assert where / png in written
             with Image.open(where / png) as image:
@@ -169,9 +231,11 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
 
 def test_a_stage_with_missing_results_is_left_out_of_the_report(tmp_path):
     lab = ab.Lab(tmp_path, ab.Settings())
+    lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]
+    lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab, with_time=False)
     summary = ab.run_ablations(lab, only=())
-    assert "time" not in summary and "noise" not in summary and {"order", "objective", "bits", "probe"} <= set(summary)
+    assert "time" not in summary and {"order", "objective", "bits", "probe", "guidance"} <= set(summary)
     written = ab.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
     assert "## (e)" not in (tmp_path / "ablations.md").read_text()
     assert tmp_path / "ablations_time.png" not in written and tmp_path / "ablations_bars.png" in written
@@ -183,21 +247,29 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     out = tmp_path / "quick"
     ab.main(["--out", str(out), "--quick"])
     md = (out / "ablations.md").read_text()
-    for header in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
         assert header in md
     s = ab.Settings(**ab.QUICK)
     results = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     evals = [n for n in results if n.startswith("eval-")]
-    # 4 orders + 1 deterministic + 3 objectives + the grid, less the grid cell equal to the base setting, + 2 seeds
-    assert len(evals) == 4 + 1 + 3 + len(s.grid_iters) * len(s.grid_steps) - 1 + ab.NOISE_SEEDS - 1
+    # settings: 5 orders, deterministic bits, 3 objectives, the guidance and time grids less their cells equal to
+    # the reference setting; each for every seed
+    settings = (5 + 1 + 3 + len(s.guidance_cfgs) * len(s.guidance_gumbels) - 1
+                + len(s.grid_iters) * len(s.grid_steps) - 1)
+    assert len(evals) == settings * s.seeds
     assert {f"train-{n}.json" for n in ab.TRAINED} <= set(results)
     for name in ab.TRAINED:
-        log = [json.loads(line) for line in (out / "train" / name / "log.jsonl").read_text().splitlines()]
-        assert log[-1]["step"] == s.steps
+        train = json.loads((out / "results" / f"train-{name}.json").read_text())
+        rows = [json.loads(line) for line in (out / "train" / name / "heldout.jsonl").read_text().splitlines()]
+        assert rows == train["history"] and ab.converged(rows, s) and not ab.converged(rows[:-1], s)
+        assert train["best_step"] <= train["stopped_at"] <= s.max_steps
+        assert (out / "train" / name / "best" / "model.safetensors").exists()
     summary = json.loads((out / "summary.json").read_text())
     cost = {name: r["cpu_seconds_per_image"] for name, r in summary["objective"].items()}
     assert cost["direct"] < cost["flip"]          # no reverse chain
     assert all(0 <= r["test"]["top1"] <= 1 for r in summary["probe"].values())
+    raster_1 = summary["order"]["raster-1"]["sampling"]
+    assert (raster_1["order"], raster_1["num_iter"], raster_1["mask_schedule"]) == ("raster", 64, "linear")
 
     t0 = time.perf_counter()
     ab.main(["--out", str(out), "--quick"])

@@ -14,8 +14,8 @@ from minibigr.config import PRESETS
 from minibigr.model import (
     BiGR,
     BiGRConfig,
-    drop_labels,
     gather_tokens,
+    label_drops,
     mask_count,
     masked_counts,
     masked_positions,
@@ -72,8 +72,7 @@ def test_shapes_and_dtypes():
     assert h.shape == (3, cfg.num_tokens, cfg.dim) and h.dtype == torch.float32
     loss, stats = model.loss(tokens, labels)
     assert loss.ndim == 0 and loss.requires_grad
-    assert set(stats) == {"loss", "bce", "mask_rate", "n_mask"}
-    assert 0 < stats["mask_rate"] <= 1 and stats["n_mask"] == round(stats["mask_rate"] * cfg.num_tokens)
+    assert set(stats) == {"loss", "bce", "n_mask"} and 1 <= stats["n_mask"] <= cfg.num_tokens
     feats = model.features(tokens)
     assert feats.shape == (3, cfg.dim) and feats.dtype == torch.float32
     x_t = (torch.rand(7, cfg.K) < 0.5).float()
@@ -233,12 +232,35 @@ def test_loss_masks_exactly_n_mask_tokens_per_sample():
     assert len({int(m.sum()) for m in seen}) > 1      # the masking rate varies from batch to batch
 
 
+@pytest.mark.parametrize("objective", ["flip", "x0", "direct"])
+def test_loss_on_explicit_draws_equals_the_generator_path(objective):
+    """loss_draws makes every draw of a step that loss(generator=) makes, in the same order: same value."""
+    model = BiGR(quiet_config(objective=objective, class_dropout=0.5))
+    tokens, labels = random_tokens(6, model.config), torch.arange(6) % 5
+    from_generator, _ = model.loss(tokens, labels, generator=torch.Generator().manual_seed(4))
+    draws = model.loss_draws(6, torch.Generator().manual_seed(4))
+    assert draws.drop.any() and draws.idx.shape[0] == 6
+    assert (draws.t is None) == (objective == "direct")
+    assert torch.equal(model.loss(tokens, labels, draws=draws)[0], from_generator)
+
+
+def test_the_training_step_on_explicit_draws_is_one_graph():
+    """With its draws made outside, BiGR.loss compiles whole: no graph break (a generator inside breaks it at
+    every draw, and drawing the mask count as a Python integer breaks it once more)."""
+    import torch._dynamo
+
+    model = tiny_model()
+    tokens, labels = random_tokens(4, model.config), torch.arange(4) % 5
+    draws = model.loss_draws(4, torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.loss)(tokens, labels, draws=draws)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_class_dropout_uses_the_null_class():
-    labels = torch.arange(5).repeat(400)
-    dropped = drop_labels(labels, 0.3, null_class=5, generator=torch.Generator().manual_seed(0))
-    hit = dropped != labels
-    assert (dropped[hit] == 5).all() and 0.25 < hit.float().mean() < 0.35
-    assert torch.equal(drop_labels(labels, 0.0, 5), labels)
+    drops = label_drops(2000, 0.3, generator=torch.Generator().manual_seed(0))
+    assert drops.dtype == torch.bool and 0.25 < drops.float().mean() < 0.35
+    assert not label_drops(2000, 0.0).any()
 
     # loss() drops labels in training mode only
     model = tiny_model(class_dropout=0.5)

@@ -3,8 +3,9 @@
 import torch
 
 from benchmarks.official_restated import OfficialBiGR
-from benchmarks.vs_official import check, restated
+from benchmarks.vs_official import check, mask_counts, restated
 from minibigr import BiGR, BiGRConfig
+from minibigr.model import mask_count
 
 
 def lively(**overrides) -> BiGR:
@@ -35,3 +36,15 @@ def test_the_restated_training_loss_is_a_masked_mean_of_per_bit_losses():
     loss.backward()
     assert loss.ndim == 0 and 0 < float(loss.detach()) < 10
     assert twin.denoise_mlp.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+def test_both_sides_train_on_the_same_mask_counts_spread_over_the_schedule():
+    """The timed steps' mask counts average what the cosine schedule masks (within a token), and the restated
+    loss masks exactly the count it is given."""
+    N = 64
+    counts = mask_counts(N, 8)
+    assert counts == sorted(counts, reverse=True) and all(1 <= n <= N for n in counts)
+    expected = sum(mask_count(s, N) for s in range(N)) / N
+    assert abs(sum(counts) / len(counts) - expected) < 1
+    twin = restated(lively()).train()
+    assert (twin.random_mask(8, "cpu", 5).sum(1) == 5).all()
