@@ -66,11 +66,7 @@ from minibigr.classifier import (  # noqa: E402
 from minibigr.codes import CodeCache, encode_dataset  # noqa: E402
 from minibigr.data import ArrayDataset, load_dataset  # noqa: E402
 from minibigr.evaluate import evaluate_generator, summarize_dataset  # noqa: E402
-from minibigr.model import (  # noqa: E402
-    BiGR,
-    BiGRConfig,
-    mask_count,  # noqa: E402
-)
+from minibigr.model import BiGR, BiGRConfig, mask_count  # noqa: E402
 from minibigr.pipeline import BiGRPipeline  # noqa: E402
 from minibigr.probe import block_features, linear_probe, pixel_features  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
