@@ -242,6 +242,8 @@ def test_loss_on_explicit_draws_equals_the_generator_path(objective):
     assert draws.drop.any() and draws.idx.shape[0] == 6
     assert (draws.t is None) == (objective == "direct")
     assert torch.equal(model.loss(tokens, labels, draws=draws)[0], from_generator)
+    with pytest.raises(ValueError, match="n_mask must be in 1..16"):
+        model.loss_draws(6, n_mask=0)
 
 
 def test_the_training_step_on_explicit_draws_is_one_graph():

@@ -426,6 +426,8 @@ def test_defaults_match_and_bad_input_raises():
     loss, _ = model.loss(torch.from_numpy(z0), torch.from_numpy(cond), t=torch.from_numpy(t),
                          uniform=torch.from_numpy(u))
     close(loss.detach().numpy(), rt.transcoder_loss(params, z0, cond, t, u, model.k.numpy(), model.b.numpy())[0])
+    with pytest.raises(ValueError, match="both t and uniform"):       # half an explicit draw is a mistake
+        model.loss(torch.from_numpy(z0), torch.from_numpy(cond), t=torch.from_numpy(t))
     with pytest.raises(ValueError, match="uniforms"):
         rt.reverse_chain(params, cond, np.zeros((5, 3, 3)), T=10, S=5)
     with pytest.raises(ValueError, match="objective"):
