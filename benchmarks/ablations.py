@@ -66,7 +66,7 @@ from minibigr.classifier import (  # noqa: E402
 from minibigr.codes import CodeCache, encode_dataset  # noqa: E402
 from minibigr.data import ArrayDataset, load_dataset  # noqa: E402
 from minibigr.evaluate import evaluate_generator, summarize_dataset  # noqa: E402
-from minibigr.model import BiGR, BiGRConfig, mask_count  # noqa: E402
+from minibigr.model import BiGR, BiGRConfig, spread_mask_counts  # noqa: E402
 from minibigr.pipeline import BiGRPipeline  # noqa: E402
 from minibigr.probe import block_features, linear_probe, pixel_features  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
@@ -430,11 +430,10 @@ def heldout_loss(model: BiGR, heldout, seed: int, batch_size: int = 125) -> dict
     average covers the schedule evenly."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    N, starts = model.config.num_tokens, range(0, len(heldout), batch_size)
+    starts = range(0, len(heldout), batch_size)
     losses, bces = [], []
-    for j, start in enumerate(starts):
+    for start, n_mask in zip(starts, spread_mask_counts(model.config.num_tokens, len(starts)), strict=True):
         tokens, labels = heldout.get_batch(torch.arange(start, min(len(heldout), start + batch_size)))
-        n_mask = mask_count(int((j + 0.5) * N / len(starts)), N)
         loss, stats = model.loss(tokens, labels, draws=model.loss_draws(len(tokens), generator, n_mask=n_mask))
         losses.append(float(loss))
         bces.append(float(stats["bce"]))
@@ -684,11 +683,9 @@ def fd_best(res: list[dict]) -> dict:
 
 def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
     best = fd_best(res)
-    rows = [[f"{r['sampling']['cfg']:g}", f"{r['sampling']['gumbel']:g}", *quality_cells(r)]
+    rows = [[f"**{r['sampling']['cfg']:g}**" if r is best else f"{r['sampling']['cfg']:g}",
+             f"{r['sampling']['gumbel']:g}", *quality_cells(r)]
             for r in sorted(res, key=lambda r: (r["sampling"]["gumbel"], r["sampling"]["cfg"]))]
-    for row, r in zip(rows, sorted(res, key=lambda r: (r["sampling"]["gumbel"], r["sampling"]["cfg"])), strict=True):
-        if r is best:
-            row[0] = f"**{row[0]}**"
     tied = [r for r in res if r is not best and not apart(r, best)]
     ref = best["reference"]
     return ["## (f) Guidance: CFG scale x Gumbel temperature (reference model; the paper's CFG figure)", "",
@@ -809,9 +806,7 @@ def plot_bars(summary: dict, path: Path) -> None:
     for stage, title in (("order", "sampling order"), ("objective", "transcoder objective"), ("bits", "final bits")):
         if stage in summary:
             res = summary[stage]
-            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD",
-                           [[v["fd"] - v["fd_range"][0] for v in res.values()],
-                            [v["fd_range"][1] - v["fd"] for v in res.values()]]))
+            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD", _error(list(res.values()))))
     if "probe" in summary:
         names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
         panels.append(("linear probe", {names[k]: 100 * v["test"]["top1"] for k, v in summary["probe"].items()},

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from benchmarks.official_restated import OfficialBiGR  # noqa: E402
 from minibigr import BiGR, BiGRConfig, official, pretrained  # noqa: E402
-from minibigr.model import mask_count, masked_probs  # noqa: E402
+from minibigr.model import masked_probs, spread_mask_counts  # noqa: E402
 from minibigr.sampler import sample_tokens  # noqa: E402
 
 CONFIGS = {
@@ -128,13 +128,6 @@ def timed_pair(ours, theirs, repeat: int, device: torch.device, warmup: bool) ->
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
-def mask_counts(N: int, steps: int) -> list[int]:
-    """The masked tokens per sample of each timed training step: the cosine schedule's n_mask at s spread evenly
-    over 0..N-1. minibigr's step costs more with more masked tokens and the authors' hardly changes, so both sides
-    take the same counts, and a run of a few steps costs what the schedule costs on average."""
-    return [mask_count(int((j + 0.5) * N / steps), N) for j in range(steps)]
-
-
 def trainer(loss_fn, module, counts: list[int], amp):
     """A closure running one training step per mask count: loss_fn(n_mask) (inside the ``amp`` context), backward,
     AdamW (the authors' optimiser settings)."""
@@ -179,7 +172,9 @@ def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16
     model.train(), twin.train()
     # training: the warm-up run also creates AdamW's state
     loss = torch.compile(model.loss) if compile_loss else model.loss
-    counts = mask_counts(model.config.num_tokens, train_steps)
+    # minibigr's step costs more with more masked tokens and the authors' hardly changes: both sides take the same
+    # counts, spread over the schedule, so a run of a few steps costs what the schedule costs on average
+    counts = spread_mask_counts(model.config.num_tokens, train_steps)
     ours_train, theirs_train = timed_pair(
         trainer(lambda n: loss(tokens, train_labels, draws=model.loss_draws(B, g, device, n))[0], model, counts, amp),
         trainer(lambda n: twin.loss(tokens, train_labels, n), twin, counts, amp), repeat, device, True)

@@ -34,6 +34,12 @@ def mask_count(s: int, N: int) -> int:
     return max(1, math.floor(N * math.cos(math.pi / 2 * s / N)))
 
 
+def spread_mask_counts(N: int, n: int) -> list[int]:
+    """n mask counts at s = (j + 1/2) N / n, j = 0..n-1: the schedule covered evenly by a few fixed steps (for
+    measurements that must not depend on which counts a few random draws give)."""
+    return [mask_count(int((j + 0.5) * N / n), N) for j in range(n)]
+
+
 def random_mask(B: int, N: int, n_mask: int, generator: torch.Generator | None = None,
                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly n_mask random positions per sample: (mask (B, N) bool True = masked, idx (B, n_mask))."""

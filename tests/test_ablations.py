@@ -74,35 +74,34 @@ def test_settings_are_pinned_per_output_directory(tmp_path):
         ab.pin_settings(path, ab.Settings(), {"cfg": 3.0, "gumbel": 0.1})
 
 
+class IndexCodes:
+    """A code cache of n rows (K = 4, 2 x 2 tokens) whose row i holds tokens all equal to i and label i % 3."""
+
+    K, h, w = 4, 2, 2
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def get_batch(self, indices):
+        indices = torch.as_tensor(indices)
+        return indices[:, None, None].float().expand(-1, 4, 4), indices % 3
+
+
 def test_null_labels_keep_the_tokens_and_null_every_label():
-    class Codes:
-        K, h, w = 4, 2, 2
-
-        def __len__(self):
-            return 6
-
-        def get_batch(self, indices):
-            return torch.arange(len(indices) * 16.0).view(-1, 4, 4), torch.as_tensor(indices) % 3
-
-    data = ab.NullLabels(Codes(), null_class=10)
+    data = ab.NullLabels(IndexCodes(6), null_class=10)
     tokens, labels = data.get_batch(torch.tensor([0, 4, 5]))
-    assert torch.equal(tokens, Codes().get_batch(torch.tensor([0, 4, 5]))[0])
+    assert torch.equal(tokens, IndexCodes(6).get_batch(torch.tensor([0, 4, 5]))[0])
     assert labels.tolist() == [10, 10, 10] and labels.dtype == torch.int64
     assert (data.K, data.h, data.w, len(data)) == (4, 2, 2, 6)
 
 
 def test_rows_view_a_slice_of_the_cache():
-    class Codes:
-        K, h, w = 4, 2, 2
-
-        def __len__(self):
-            return 10
-
-        def get_batch(self, indices):
-            return torch.as_tensor(indices)[:, None, None].float().expand(-1, 4, 4), torch.as_tensor(indices)
-
-    held = ab.Rows(Codes(), 7, 10)
-    assert len(held) == 3 and held.get_batch(torch.tensor([0, 2]))[1].tolist() == [7, 9]
+    held = ab.Rows(IndexCodes(10), 7, 10)
+    tokens, labels = held.get_batch(torch.tensor([0, 2]))
+    assert len(held) == 3 and tokens[:, 0, 0].tolist() == [7, 9] and labels.tolist() == [1, 0]
 
 
 def test_early_stopping_waits_patience_rounds_after_a_real_improvement():

@@ -21,6 +21,7 @@ from minibigr.model import (
     masked_positions,
     masked_probs,
     random_mask,
+    spread_mask_counts,
 )
 from minibigr.sampler import RevealOrder, SamplingConfig
 from minibigr.transcoder import DenoiseMLP
@@ -208,6 +209,15 @@ def test_mask_count_formula(N, data):
     n = mask_count(s, N)
     assert n == max(1, math.floor(N * math.cos(math.pi / 2 * s / N)))
     assert 1 <= n <= N and mask_count(0, N) == N
+
+
+def test_spread_mask_counts_cover_the_schedule_evenly():
+    """A few fixed counts average what the cosine schedule masks (within a token), in schedule order."""
+    N = 64
+    counts = spread_mask_counts(N, 8)
+    assert counts == sorted(counts, reverse=True) and all(1 <= n <= N for n in counts)
+    expected = sum(mask_count(s, N) for s in range(N)) / N
+    assert abs(sum(counts) / len(counts) - expected) < 1
 
 
 @given(B=st.integers(1, 5), N=st.integers(1, 40), data=st.data(), seed=st.integers(0, 2**31))
