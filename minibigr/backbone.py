@@ -40,14 +40,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 # ----------------------------------------------------------------------------------------------
 # 2-D rotary position embedding
 # ----------------------------------------------------------------------------------------------
-def rope_2d(grid: int, head_dim: int, base: float = 10000.0, n_cls: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (n_cls + grid^2, head_dim / 2) for interleaved pairs (x[2j], x[2j+1]).
+def rope_2d(grid: int, head_dim: int, base: float = 10000.0, n_cls: int = 1) -> torch.Tensor:
+    """(cos, sin) of the rotations, (n_cls + grid^2, head_dim / 2, 2), for interleaved pairs (x[2j], x[2j+1]).
 
     The first head_dim / 4 pairs turn with the row index, the last head_dim / 4 with the column
     index, each at frequencies base^(-2m / (head_dim / 2)). Tokens are in raster order. The class
-    rows are all zeros (cos = sin = 0), not the identity: this zeroes the class token's query and
-    key, exactly like the authors' code, whose weights were trained with that. The tables are computed
-    on the CPU, also inside ``with torch.device("meta")``.
+    rows are zero, not the identity: this zeroes the class token's query and key, exactly like the
+    authors' code, whose weights were trained with that. The table is real, not complex, so that
+    ``module.to(dtype)`` casts it like any buffer instead of dropping the sines; it is computed on
+    the CPU, also inside ``with torch.device("meta")``.
     """
     if head_dim % 4:
         raise ValueError(f"2-D rotary needs head_dim divisible by 4, got {head_dim}")
@@ -60,15 +61,16 @@ def rope_2d(grid: int, head_dim: int, base: float = 10000.0, n_cls: int = 1) -> 
         angle[None, :, :].expand(grid, grid, -1),    # columns
     ], dim=-1).flatten(0, 1)                          # (grid^2, head_dim/2)
     cls = torch.zeros(n_cls, half, device="cpu")
-    return torch.cat([cls, grid_angle.cos()]), torch.cat([cls, grid_angle.sin()])
+    return torch.stack([torch.cat([cls, grid_angle.cos()]), torch.cat([cls, grid_angle.sin()])], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of the last dim, in float32.  x (..., L, hd), cos/sin (L, hd/2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of the last dim, in float32.  x (..., L, hd), rope (L, hd/2, 2) from rope_2d.
+
+    Each pair is the complex number x[2j] + i x[2j+1] times cos + i sin: one kernel each way (forward
+    and backward) where rotating the real halves takes six."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))                # (..., L, hd/2)
+    return torch.view_as_real(pairs * torch.view_as_complex(rope.float())).flatten(-2).type_as(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,17 +117,16 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Rotated q, k and plain v, each (B, H, L, head_dim).  x (B, L, d)."""
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor):
+        """Rotated q, k and plain v, each (B, H, L, head_dim).  x (B, L, d), rope (L, head_dim / 2, 2)."""
         B, L, _ = x.shape
         q, k, v = self.wqkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return apply_rope(q, rope), apply_rope(k, rope), v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, d), or (B, n, d) with only the queries of ``rows`` (B, n): keys and values still come from all L."""
         B = x.shape[0]
-        q, k, v = self.qkv(x, cos, sin)                                             # (B, H, L, hd) each
+        q, k, v = self.qkv(x, rope)                                               # (B, H, L, hd) each
         if rows is not None:
             q = q.gather(2, rows[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))   # (B, H, n, hd)
         # no attn_mask and is_causal=False: the fused (flash / memory-efficient) kernels apply
@@ -161,17 +162,17 @@ class TransformerBlock(nn.Module):
         # per-block offset added to the shared adaLN output; (1, 1, 6, d) as in the official weights
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim ** 0.5) if use_adaLN else None
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor | None, cos: torch.Tensor,
-                sin: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mod: torch.Tensor | None, rope: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, d) -> (B, L, d); mod (B, 1, 6, d) from the shared adaLN, or None without adaLN.
         With ``rows`` (B, n) only those rows' outputs (B, n, d): every row still serves as key and value."""
         x_out = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))   # (B, n, d)
         if mod is None:
-            h = x_out + self.drop_path(self.attention(self.attention_norm(x), cos, sin, rows))
+            h = x_out + self.drop_path(self.attention(self.attention_norm(x), rope, rows))
             return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod + self.ada_gss).unbind(2)
         h = x_out + gate_msa * self.drop_path(
-            self.attention(modulate(self.attention_norm(x), shift_msa, scale_msa), cos, sin, rows))
+            self.attention(modulate(self.attention_norm(x), shift_msa, scale_msa), rope, rows))
         return h + gate_mlp * self.drop_path(
             self.feed_forward(modulate(self.ffn_norm(h), shift_mlp, scale_mlp)))
 
@@ -216,9 +217,8 @@ class Backbone(nn.Module):
         ])
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, c.num_tokens, c.dim))
-        cos, sin = rope_2d(math.isqrt(c.num_tokens), c.dim // c.n_head, c.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope", rope_2d(math.isqrt(c.num_tokens), c.dim // c.n_head, c.rope_base),
+                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -282,7 +282,7 @@ class Backbone(nn.Module):
         last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
             rows = positions + 1 if positions is not None and i == last else None   # row 0 is the class token
-            x = block(x, mod, self.rope_cos, self.rope_sin, rows)
+            x = block(x, mod, self.rope, rows)
             if i == layer:
                 return x[:, 1:]
         if positions is not None:

@@ -162,7 +162,7 @@ def test_bigr_builds_on_the_meta_device():
     assert model.backbone.layers[0].attention.wqkv.weight.is_meta
     # what the meta build cannot hold is computed on the CPU: the schedule and the rotary tables
     assert not model.transcoder.k.is_meta and model.transcoder.k[-1] == 0
-    assert not model.backbone.rope_cos.is_meta
+    assert not model.backbone.rope.is_meta
 
 
 def count_params_meta(cfg: BiGRConfig) -> int:
@@ -377,10 +377,10 @@ def test_attention_is_bidirectional():
 @settings(deadline=None, max_examples=30)
 def test_rope_rotates_pairs_by_row_then_column(grid, heads_dim, seed):
     base = 10000.0
-    cos, sin = rope_2d(grid, heads_dim, base)
-    assert cos.shape == (1 + grid * grid, heads_dim // 2)
+    rope = rope_2d(grid, heads_dim, base)
+    assert rope.shape == (1 + grid * grid, heads_dim // 2, 2)
     x = torch.randn(1 + grid * grid, heads_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    out = apply_rope(x, cos.double(), sin.double())
+    out = apply_rope(x, rope)
     # class token: rows of zeros, so the rotated vector is zero
     assert (out[0] == 0).all()
     # independent check with complex numbers: pair m of the first half turns by row * f_m, pair m of
@@ -399,17 +399,43 @@ def test_rope_rotates_pairs_by_row_then_column(grid, heads_dim, seed):
 @settings(deadline=None, max_examples=20)
 def test_rope_scores_depend_on_relative_position_only(seed, shift):
     grid, hd = 5, 16
-    cos, sin = rope_2d(grid, hd)
+    rope = rope_2d(grid, hd)
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(hd, generator=g, dtype=torch.float64), torch.randn(hd, generator=g, dtype=torch.float64)
 
     def score(p1, p2):
         i, j = 1 + p1[0] * grid + p1[1], 1 + p2[0] * grid + p2[1]
-        return apply_rope(q, cos[i].double(), sin[i].double()) @ apply_rope(k, cos[j].double(), sin[j].double())
+        return apply_rope(q, rope[i]) @ apply_rope(k, rope[j])
 
     a, b = (0, 1), (2, 0)
     moved_a, moved_b = (a[0] + shift[0], a[1] + shift[1]), (b[0] + shift[0], b[1] + shift[1])
     torch.testing.assert_close(score(a, b), score(moved_a, moved_b), rtol=1e-5, atol=1e-5)  # float32 tables
+
+
+@given(grid=st.integers(1, 8), heads=st.integers(1, 4), hd=st.sampled_from([4, 16, 64]), seed=st.integers(0, 2**31),
+       bf16=st.booleans())
+@settings(deadline=None, max_examples=30)
+def test_rope_complex_product_equals_rotating_the_real_halves(grid, heads, hd, seed, bf16):
+    """The complex product is x0 cos - x1 sin, x1 cos + x0 sin to float32 rounding, on (B, H, L, hd) queries
+    laid out as the attention's (a permuted view), in float32 and bf16."""
+    rope = rope_2d(grid, hd)
+    L = 1 + grid * grid
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, L, 3, heads, hd, generator=g)
+    q = qkv.to(torch.bfloat16 if bf16 else torch.float32).permute(2, 0, 3, 1, 4)[0]     # (2, H, L, hd) view
+    x0, x1 = q.float()[..., 0::2], q.float()[..., 1::2]
+    cos, sin = rope[..., 0], rope[..., 1]
+    expected = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(q)
+    torch.testing.assert_close(apply_rope(q, rope), expected)
+
+
+def test_rope_table_survives_a_dtype_cast():
+    """The table is a real buffer: module.to(bfloat16) rounds it, a complex one would lose its sines."""
+    backbone = Backbone(tiny_config()).to(torch.bfloat16)
+    assert backbone.rope.dtype == torch.bfloat16
+    torch.testing.assert_close(backbone.rope.float(), rope_2d(4, backbone.dim // tiny_config().n_head), atol=1e-2,
+                               rtol=0)
+    assert backbone.rope[1:, :, 1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("use_adaLN", [True, False])
@@ -423,11 +449,11 @@ def test_class_token_has_zero_query_and_key(use_adaLN):
     tokens, labels = random_tokens(2, cfg), torch.tensor([1, 3])
     x = torch.cat([bb.cls_embedding(labels)[:, None], bb.tok_embeddings(tokens)], 1)    # block-0 input
     attn = bb.layers[0].attention
-    q, k, v = attn.qkv(x, bb.rope_cos, bb.rope_sin)
+    q, k, v = attn.qkv(x, bb.rope)
     assert (q[:, :, 0] == 0).all() and (k[:, :, 0] == 0).all()
     assert (q[:, :, 1:].abs().sum(-1) > 0).all() and (v[:, :, 0].abs().sum(-1) > 0).all()
     # so the class token's attention output is the plain average of all values
-    y = attn(x, bb.rope_cos, bb.rope_sin)
+    y = attn(x, bb.rope)
     uniform = attn.wo(v.mean(2).reshape(2, cfg.dim))
     torch.testing.assert_close(y[:, 0], uniform)
     # and the class still conditions the image tokens (through values, and adaLN when on)
@@ -596,7 +622,7 @@ def test_features_average_unmasked_hidden_states_with_the_null_class():
         x = torch.cat([bb.cls_embedding(null)[:, None], bb.tok_embeddings(tokens)], 1)
         mod = bb.adaLN(bb.cls_embedding(null)).view(2, 1, 6, cfg.dim)
         for block in bb.layers[:2]:
-            x = block(x, mod, bb.rope_cos, bb.rope_sin)
+            x = block(x, mod, bb.rope)
     torch.testing.assert_close(feats, x[:, 1:].mean(1))
 
 
