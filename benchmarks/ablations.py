@@ -136,9 +136,11 @@ QUICK = dict(num_samples=10, max_steps=6, eval_every=2, patience=1, heldout=32, 
 
 
 def pin_settings(path: Path, s: Settings, sampling: dict) -> None:
-    """Write the settings and the sampling settings on the first run; refuse to mix results of different ones in
-    one directory (result names hold only order, I, S and the final bits)."""
-    record = json.loads(json.dumps({**dataclasses.asdict(s), "sampling": sampling}))
+    """Write the settings and the sampling settings that result names do not hold (NAMED) on the first run; refuse
+    to mix results of different ones in one directory. A change of a named setting (new recommended CFG, say) only
+    means other result names: the stored results stay valid."""
+    unnamed = {k: v for k, v in sampling.items() if k not in NAMED}
+    record = json.loads(json.dumps({**dataclasses.asdict(s), "sampling": unnamed}))
     if path.exists():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
@@ -353,6 +355,14 @@ class Lab:
                 "samples": runs[0]["samples"], "reference": runs[0]["reference"], "sampling": runs[0]["sampling"],
                 "model": model_name}
 
+    def scored_each(self, model_name: str, settings: list[dict]) -> list[dict]:
+        """``scored`` for each of several sampling settings (override dicts), computed seed-major: every setting
+        with the first seed before any with the second, so a run stopped half-way has scored all of them once."""
+        for k in range(self.s.seeds):
+            for overrides in settings:
+                self.sample_quality(model_name, self.s.seed + k, **overrides)
+        return [self.scored(model_name, **overrides) for overrides in settings]
+
     def sample_quality(self, model_name: str, seed: int, **overrides) -> dict:
         """evaluate_generator for one model, sampling setting and seed, plus CPU seconds per image."""
         sampling = {**self.sampling, "deterministic": False, **overrides}
@@ -397,6 +407,9 @@ class Lab:
                                 num_classes=10)
 
         return self.stage("probe-pixels", run)
+
+
+NAMED = ("order", "num_iter", "diffusion_steps", "deterministic", "cfg", "gumbel", "mask_schedule")
 
 
 def eval_name(model_name: str, sampling: dict) -> str:
@@ -470,7 +483,7 @@ def order_overrides(order: str, N: int) -> dict:
 
 def ablate_order(lab: Lab) -> dict:
     N = lab.shipped.config.num_tokens
-    return {order: lab.scored("shipped", **order_overrides(order, N)) for order in ORDERS}
+    return dict(zip(ORDERS, lab.scored_each("shipped", [order_overrides(order, N) for order in ORDERS]), strict=True))
 
 
 def ablate_objective(lab: Lab) -> dict:
@@ -487,12 +500,13 @@ def ablate_probe(lab: Lab) -> dict:
 
 
 def ablate_guidance(lab: Lab) -> list[dict]:
-    return [lab.scored("shipped", cfg=cfg, gumbel=gumbel)
-            for gumbel in lab.s.guidance_gumbels for cfg in lab.s.guidance_cfgs]
+    return lab.scored_each("shipped", [dict(cfg=cfg, gumbel=gumbel)
+                                       for gumbel in lab.s.guidance_gumbels for cfg in lab.s.guidance_cfgs])
 
 
 def ablate_time(lab: Lab) -> list[dict]:
-    return [lab.scored("shipped", num_iter=i, diffusion_steps=s) for s in lab.s.grid_steps for i in lab.s.grid_iters]
+    return lab.scored_each("shipped", [dict(num_iter=i, diffusion_steps=s)
+                                       for s in lab.s.grid_steps for i in lab.s.grid_iters])
 
 
 ABLATIONS = {"order": ablate_order, "objective": ablate_objective, "bits": ablate_bits, "probe": ablate_probe,

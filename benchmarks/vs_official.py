@@ -88,7 +88,7 @@ def deterministic_tokens(model: BiGR, labels: torch.Tensor, num_iter: int, cfg: 
     cond = torch.cat([model.backbone.embed_class(labels, B),
                       model.backbone.embed_class(torch.full_like(labels, model.null_class), B)])
 
-    def predict(tokens, mask, i):
+    def predict(tokens, mask, i, chosen):       # confidence order: chosen is None
         h = model.backbone(tokens.repeat(2, 1, 1), cond, mask.repeat(2, 1))
         uniforms = torch.full((steps, int(mask.sum()), K), 0.5)
         return masked_probs(model.transcoder, h, mask, None, steps=steps, cfg=cfg, uniforms=uniforms)

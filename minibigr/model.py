@@ -85,9 +85,9 @@ def masked_positions(mask: torch.Tensor, n: int) -> torch.Tensor:
 # Sampling helpers (docs/method.md §5)
 # ----------------------------------------------------------------------------------------------
 def masked_counts(given: torch.Tensor | None, N: int, s: SamplingConfig) -> list[int] | None:
-    """How many tokens are still masked before each step 1..I when every row generates the same number
-    (the usual case), else None. Known on the host, these counts let every step gather a fixed number of
-    tokens without a device sync.  given (B, N) bool or None (everything is generated)."""
+    """How many tokens are still masked before each step 1..I and after the last (0) when every row generates
+    the same number (the usual case), else None. Known on the host, these counts let every step gather a fixed
+    number of tokens without a device sync.  given (B, N) bool or None (everything is generated)."""
     if given is None:
         n = N
     else:
@@ -95,7 +95,7 @@ def masked_counts(given: torch.Tensor | None, N: int, s: SamplingConfig) -> list
         if len(per_row) == 0 or not bool((per_row == per_row[0]).all()):
             return None
         n = int(per_row[0])
-    return [int(masked_after(torch.tensor([n]), i - 1, s.num_iter, s.mask_schedule)) for i in range(1, s.num_iter + 1)]
+    return [int(masked_after(torch.tensor([n]), i, s.num_iter, s.mask_schedule)) for i in range(s.num_iter + 1)]
 
 
 def masked_probs(transcoder: BinaryTranscoder, h: torch.Tensor, mask: torch.Tensor, count: int | None,
@@ -259,14 +259,16 @@ class BiGR(Checkpointed, nn.Module):
             # tokens still masked before each step, when the host can know them (fixed-size gathers)
             counts = masked_counts(given, self.config.num_tokens, s)
 
-            def predict(tokens: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
-                count = None if counts is None else counts[i - 1]
-                if count == 0:                           # nothing left to predict in any row
+            def predict(tokens: torch.Tensor, mask: torch.Tensor, i: int, chosen: torch.Tensor | None) -> torch.Tensor:
+                # the tokens that need p: the still-masked ones, or only those a blind order chose
+                rows = mask if chosen is None else chosen
+                count = None if counts is None else counts[i - 1] - (0 if chosen is None else counts[i])
+                if count == 0:                           # nothing to predict in any row
                     return torch.full_like(tokens, 0.5)
                 # the conditions h_i of every token, for the class and the null class in one backbone pass
                 h = self.backbone(tokens.repeat(1 + guided, 1, 1), cond, mask.repeat(1 + guided, 1))
-                # the transcoder's reverse chain for the still-masked tokens: p (B, N, K)
-                return masked_probs(self.transcoder, h, mask, count, generator, steps=s.diffusion_steps,
+                # the transcoder's reverse chain for those tokens: p (B, N, K)
+                return masked_probs(self.transcoder, h, rows, count, generator, steps=s.diffusion_steps,
                                     temperature=s.temperature, cfg=cfg_scale(s.cfg, s.cfg_schedule, i, s.num_iter))
 
             # reveal the most certain tokens first, over num_iter steps

@@ -3,7 +3,8 @@
 All N tokens start masked. At step i = 1..I a predictor gives p (B, N, K) for every token; each
 still-masked token is scored by its certainty, the scores are perturbed with Gumbel noise, and the
 best tokens are revealed (bits ~ Bernoulli(p)) until only floor(n * cos(pi/2 * i/I)) stay masked.
-Tokens that are given (inpainting) never change and are never counted.
+Tokens that are given (inpainting) never change and are never counted. The raster and random orders
+choose without looking at p, so they choose first and ask the predictor for the chosen tokens only.
 
 ``SamplingConfig`` is the one list of sampling settings: the loop's own, and those of the model and
 the transcoder that a sampling call passes on (guidance, reverse-chain steps, temperature).
@@ -22,13 +23,15 @@ import torch
 from .quantizer import quantize
 
 ORDERS = ("entropy", "confidence", "random", "raster")
+BLIND_ORDERS = ("random", "raster")           # orders that choose the tokens without looking at p
 GUMBEL_SCHEDULES = ("constant", "down", "up")
 CFG_SCHEDULES = ("constant", "linear")
 MASK_SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("float32", "bfloat16")
 
-# predict(tokens (B, N, K), mask (B, N) bool True = masked, step i in 1..I) -> p (B, N, K)
-Predictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# predict(tokens (B, N, K), mask (B, N) bool True = masked, step i in 1..I, chosen) -> p (B, N, K), where
+# chosen is None (p of every masked token is used) or (B, N) bool: only these tokens' p is used
+Predictor = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 # callback(step i, tokens (B, N, K), mask (B, N) bool True = still masked), after every step
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -155,11 +158,12 @@ def gumbel_noise(shape, generator: torch.Generator | None = None, device=None,
     return -torch.log(neg_log_u)
 
 
-def perturbed_scores(p: torch.Tensor, order: str, gumbel: float, G: torch.Tensor) -> torch.Tensor:
+def perturbed_scores(p: torch.Tensor | None, order: str, gumbel: float, G: torch.Tensor) -> torch.Tensor:
     """Certainty + gumbel * G per token.  p (B, N, K), G (B, N) -> (B, N).
 
     "random" is pure Gumbel noise (a uniformly random order whatever the temperature);
-    "raster" reveals positions left to right, top to bottom, and ignores the noise.
+    "raster" reveals positions left to right, top to bottom, and ignores the noise. Neither reads p
+    (BLIND_ORDERS: p may be None).
     """
     if order == "entropy":
         return -binary_entropy(p) + gumbel * G
@@ -168,8 +172,8 @@ def perturbed_scores(p: torch.Tensor, order: str, gumbel: float, G: torch.Tensor
     if order == "random":
         return G
     if order == "raster":
-        N = p.shape[1]
-        return -torch.arange(N, device=p.device, dtype=p.dtype).expand(p.shape[0], N)
+        B, N = G.shape
+        return -torch.arange(N, device=G.device, dtype=G.dtype).expand(B, N)
     raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
 
 
@@ -229,16 +233,25 @@ def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor 
     mask = ~given
     tokens = tokens.masked_fill(mask[..., None], 0.0)
     n_start = mask.sum(1)                                           # (B,) tokens to generate per row
+
+    def noise(i: int, dtype: torch.dtype) -> torch.Tensor:          # G (B, N) of step i
+        return gumbels[i - 1] if gumbels is not None else gumbel_noise(
+            (B, N), generator=generator, device=tokens.device, dtype=dtype)
+
     for i in range(1, s.num_iter + 1):
-        # 1. the model's bit probabilities for every token
-        p = predict(tokens, mask, i)                                # (B, N, K)
-        # 2-3. certainty of each token, perturbed with Gumbel noise
-        G = gumbels[i - 1] if gumbels is not None else gumbel_noise(
-            (B, N), generator=generator, device=p.device, dtype=p.dtype)
-        scores = perturbed_scores(p, s.order, gumbel_scale(s.gumbel, s.gumbel_schedule, i, s.num_iter), G)
-        # 4. reveal the best masked tokens until floor(n * ratio(i)) stay masked; draw their bits
+        # 1. reveal tokens until floor(n * ratio(i)) stay masked
         n_reveal = mask.sum(1) - masked_after(n_start, i, s.num_iter, s.mask_schedule)
-        chosen = select(scores, mask, n_reveal)                     # (B, N)
+        if s.order in BLIND_ORDERS:
+            # 2. the order alone chooses; the model's bit probabilities are needed for the chosen tokens only
+            chosen = select(perturbed_scores(None, s.order, 0.0, noise(i, torch.float32)), mask, n_reveal)
+            p = predict(tokens, mask, i, chosen)                    # (B, N, K)
+        else:
+            # 2. the model's bit probabilities for every masked token; the most certain (Gumbel-perturbed) chosen
+            p = predict(tokens, mask, i, None)                      # (B, N, K)
+            scores = perturbed_scores(p, s.order, gumbel_scale(s.gumbel, s.gumbel_schedule, i, s.num_iter),
+                                      noise(i, p.dtype))
+            chosen = select(scores, mask, n_reveal)                 # (B, N)
+        # 3. draw the chosen tokens' bits
         bits = quantize(p, deterministic=s.deterministic, generator=generator,
                         uniform=uniforms[i - 1] if uniforms is not None else None)
         tokens = torch.where(chosen[..., None], bits, tokens)

@@ -65,13 +65,25 @@ def test_stage_seconds_exclude_the_stages_they_trigger(tmp_path):
 
 
 def test_settings_are_pinned_per_output_directory(tmp_path):
-    path, sampling = tmp_path / "settings.json", {"cfg": 2.0, "gumbel": 0.1}
+    path, sampling = tmp_path / "settings.json", {"cfg": 2.0, "gumbel": 0.1, "temperature": 1.0}
     ab.pin_settings(path, ab.Settings(), sampling)
     ab.pin_settings(path, ab.Settings(), dict(sampling))
     with pytest.raises(ValueError, match="max_steps"):
         ab.pin_settings(path, ab.Settings(max_steps=5), sampling)
-    with pytest.raises(ValueError, match="sampling"):           # the shipped model's defaults changed meanwhile
-        ab.pin_settings(path, ab.Settings(), {"cfg": 3.0, "gumbel": 0.1})
+    with pytest.raises(ValueError, match="sampling"):           # a setting no result name holds changed meanwhile
+        ab.pin_settings(path, ab.Settings(), {**sampling, "temperature": 0.9})
+    ab.pin_settings(path, ab.Settings(), {**sampling, "cfg": 3.0})  # new recommended CFG: other names, no clash
+
+
+def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
+    named = set(ab.NAMED)
+    first = {"order": "entropy", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
+             "gumbel": 0.03, "mask_schedule": "cosine"}
+    assert set(first) == named
+    other = {"order": "random", "num_iter": 4, "diffusion_steps": 10, "deterministic": True, "cfg": 1.5,
+             "gumbel": 0.5, "mask_schedule": "linear"}
+    for key in named:                                           # each named setting changes the name on its own
+        assert ab.eval_name("m", {**first, key: other[key]}) != ab.eval_name("m", first)
 
 
 class IndexCodes:

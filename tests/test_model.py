@@ -565,8 +565,9 @@ def test_fixed_count_gather_gives_the_tokens_of_the_general_path():
     assert (fixed[~mask] == 0.5).all() and not (fixed[mask] == 0.5).all()
 
 
+@pytest.mark.parametrize("order", ["entropy", "raster", "random"])
 @pytest.mark.parametrize("given_half", [False, True])
-def test_generate_gives_the_same_tokens_without_the_host_counts(given_half, monkeypatch):
+def test_generate_gives_the_same_tokens_without_the_host_counts(given_half, order, monkeypatch):
     """The fast path (counts known on the host) is a speed-up only: forcing the general path changes nothing."""
     model = lively_model()
     cfg = model.config
@@ -575,12 +576,29 @@ def test_generate_gives_the_same_tokens_without_the_host_counts(given_half, monk
     if given_half:
         given = torch.zeros(3, cfg.num_tokens, dtype=torch.bool)
         given[:, ::2] = True
-    kw = dict(tokens=tokens if given_half else None, given=given, num_iter=5)
+    kw = dict(tokens=tokens if given_half else None, given=given, num_iter=5, order=order)
     assert masked_counts(given, cfg.num_tokens, cfg.sampling.replace(num_iter=5)) is not None
     fast = model.generate(labels, generator=torch.Generator().manual_seed(9), **kw)
     monkeypatch.setattr(model_module, "masked_counts", lambda *args: None)
     general = model.generate(labels, generator=torch.Generator().manual_seed(9), **kw)
     assert torch.equal(fast, general)
+
+
+@pytest.mark.parametrize("order", ["entropy", "raster", "random"])
+def test_blind_orders_run_the_chain_only_for_the_tokens_they_reveal(order, monkeypatch):
+    """Raster and random orders choose without p: each token's reverse chain runs once, at the step that reveals
+    it; the entropy order runs it for every still-masked token at every step."""
+    model = lively_model()
+    B, N, I = 3, model.config.num_tokens, 5
+    rows = []
+    sample = model.transcoder.sample
+    monkeypatch.setattr(model.transcoder, "sample", lambda h, *a, **k: rows.append(len(h)) or sample(h, *a, **k))
+    tokens = model.generate(torch.tensor([0, 2, 4]), generator=torch.Generator().manual_seed(1), num_iter=I,
+                            order=order)
+    still_masked = masked_counts(None, N, model.config.sampling.replace(num_iter=I))     # before steps 1..I, after I
+    before, after = still_masked[:-1], still_masked[1:]
+    per_step = before if order == "entropy" else [a - b for a, b in zip(before, after, strict=True)]
+    assert rows == [B * n for n in per_step if n > 0] and set(tokens.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_generate_is_short():

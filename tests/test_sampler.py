@@ -51,7 +51,17 @@ def make_predictor(rng, shape, tied, cfg, cfg_schedule, num_iter, cfg_scale):
 
 
 def torch_predictor(predict):
-    return lambda tokens, mask, i: torch.from_numpy(predict(tokens.numpy(), mask.numpy(), i))
+    """The NumPy predictor for the PyTorch loop; where the loop says it uses only the chosen tokens' p (a blind
+    order), every other p is NaN, so that reading one would change the tokens."""
+
+    def torch_predict(tokens, mask, i, chosen):
+        p = torch.from_numpy(predict(tokens.numpy(), mask.numpy(), i))
+        if chosen is not None:
+            assert not (chosen & ~mask).any()
+            p = p.masked_fill(~chosen[..., None], float("nan"))
+        return p
+
+    return torch_predict
 
 
 # ----------------------------------------------------------------------------------------------
