@@ -256,7 +256,7 @@ class BiGR(Checkpointed, nn.Module):
             cond = self.backbone.embed_class(labels if class_mix is None else (labels, *class_mix), B)
             if guided:
                 cond = torch.cat([cond, self.backbone.embed_class(torch.full_like(labels, self.null_class), B)])
-            # tokens still masked before each step, when the host can know them (fixed-size gathers)
+            # tokens still masked before each step and after the last, when the host can know them (fixed-size gathers)
             counts = masked_counts(given, self.config.num_tokens, s)
 
             def predict(tokens: torch.Tensor, mask: torch.Tensor, i: int, chosen: torch.Tensor | None) -> torch.Tensor:
