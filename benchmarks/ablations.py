@@ -119,7 +119,7 @@ class Settings:
     num_iter: int | None = None              # I and S of every evaluation but the time grid; None = model defaults
     diffusion_steps: int | None = None
     guidance_cfgs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
-    guidance_gumbels: tuple[float, ...] = (0.03, 0.17, 0.5)
+    guidance_gumbels: tuple[float, ...] = (0.03, 0.17, 0.5, 1.0)
     grid_iters: tuple[int, ...] = (4, 10, 16)
     grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
@@ -129,6 +129,8 @@ class Settings:
     sample_batch: int = 100
 
 
+# the settings that list sampling settings to score: every point is a result of its own name
+GRIDS = ("guidance_cfgs", "guidance_gumbels", "grid_iters", "grid_steps")
 QUICK = dict(num_samples=10, max_steps=6, eval_every=2, patience=1, heldout=32, batch_size=16, warmup=0,
              num_iter=4, diffusion_steps=10, guidance_cfgs=(1.0, 3.0), guidance_gumbels=(0.03,), grid_iters=(2, 4),
              grid_steps=(5, 10), probe_train=300, probe_test=200, train_images=1000, classifier_images=1000,
@@ -138,9 +140,11 @@ QUICK = dict(num_samples=10, max_steps=6, eval_every=2, patience=1, heldout=32, 
 def pin_settings(path: Path, s: Settings, sampling: dict) -> None:
     """Write the settings and the sampling settings that result names do not hold (NAMED) on the first run; refuse
     to mix results of different ones in one directory. A change of a named setting (new recommended CFG, say) only
-    means other result names: the stored results stay valid."""
+    means other result names, and a grid (GRIDS) only chooses which named results a stage reads: the stored results
+    stay valid."""
     unnamed = {k: v for k, v in sampling.items() if k not in NAMED}
-    record = json.loads(json.dumps({**dataclasses.asdict(s), "sampling": unnamed}))
+    settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in GRIDS}
+    record = json.loads(json.dumps({**settings, "sampling": unnamed}))
     if path.exists():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))

@@ -73,6 +73,7 @@ def test_settings_are_pinned_per_output_directory(tmp_path):
     with pytest.raises(ValueError, match="sampling"):           # a setting no result name holds changed meanwhile
         ab.pin_settings(path, ab.Settings(), {**sampling, "temperature": 0.9})
     ab.pin_settings(path, ab.Settings(), {**sampling, "cfg": 3.0})  # new recommended CFG: other names, no clash
+    ab.pin_settings(path, ab.Settings(guidance_gumbels=(0.03, 2.0)), sampling)    # more points: more results
 
 
 def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
