@@ -119,7 +119,7 @@ class Settings:
     num_iter: int | None = None              # I and S of every evaluation but the time grid; None = model defaults
     diffusion_steps: int | None = None
     guidance_cfgs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
-    guidance_gumbels: tuple[float, ...] = (0.03, 0.17, 0.5, 1.0)
+    guidance_gumbels: tuple[float, ...] = (0.03, 0.17, 0.5, 1.0, 2.0)
     grid_iters: tuple[int, ...] = (4, 10, 16)
     grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
