@@ -1,8 +1,8 @@
 """The paper's ablations (docs/method.md §8) on Fashion-MNIST, one question per arm, with enough samples to tell.
 
-    python benchmarks/ablations.py --out runs/ablations --publish        # everything; resumable, many CPU hours
+    python benchmarks/ablations.py --out runs/ablations --results benchmarks/ablations-results --publish
+    python benchmarks/ablations.py --out runs/ablations --results benchmarks/ablations-results --only guidance,order
     python benchmarks/ablations.py --out /tmp/ablations --quick          # a smoke run in a few minutes
-    python benchmarks/ablations.py --out runs/ablations --only guidance,order
 
 Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter training):
   order      sampling order entropy / confidence / random / raster with the same schedule, and the paper's
@@ -15,19 +15,23 @@ Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter tra
   probe      linear probe (block and L2 chosen on held-out images, as `minibigr probe` does) of the flip model of
              "objective" (conditional training) against the same model trained with every label the null class
              (unconditional), the reference model and raw pixels
-  guidance   CFG scale x Gumbel temperature on the reference model: FD, precision and recall against CFG (the
-             paper's CFG figure); the FD-best point is the candidate for the recommended settings
+  guidance   CFG scale x Gumbel temperature of the reference model's order, and the random order (the infinite
+             temperature limit): FD, precision and recall against CFG (the paper's CFG figure); the FD-best point
+             is the candidate for the recommended settings
   time       FD against seconds per image over sampling iterations I x diffusion steps S (the paper's Figure 3)
 
 Every sampling setting is scored on --num-samples class-balanced samples for each of --seeds sampling seeds; the
 report gives the mean and the range (min to max) over seeds, and ranks two settings apart ("<") only when their
 means differ by more than both ranges, otherwise "≈".
 
-Every unit of work (code cache, training round, evaluated setting and seed, probe) writes its JSON into
-<out>/results/ when it finishes, and a re-run reads it back instead of recomputing it; trainings resume from their
-checkpoints. <out>/settings.json pins the settings and the reference model's sampling settings: a re-run with other
-settings needs another --out. The end writes <out>/ablations.md, the plots and summary.json; --publish copies the
-Markdown to benchmarks/ablations.md and the plots to docs/.
+Every unit of work (code cache, training round, evaluated setting and seed, probe) writes its JSON into the
+results directory (--results, default <out>/results) when it finishes, and a re-run reads it back instead of
+recomputing it; trainings resume from their checkpoints in <out>. The study's results are committed in
+benchmarks/ablations-results/ (a few KB each), so the many CPU hours add up across machines and sessions while the
+bulky files (codes, checkpoints) stay in <out>. <results>/settings.json pins the settings, the reference model's
+sampling settings and the classifier that scores the samples (the shipped CNN: FD compares only within one feature
+extractor): a re-run with other ones needs another results directory. The end writes <out>/ablations.md, the plots
+and summary.json; --publish copies the Markdown to benchmarks/ablations.md and the plots to docs/.
 
 Sample quality is scored as `minibigr evaluate` scores it (minibigr.evaluate.evaluate_generator): Frechet
 distance to the train split in the features of the project's Fashion-MNIST CNN, the CNN's class accuracy on the
@@ -39,9 +43,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -59,8 +66,8 @@ from minibigr.checkpoint import atomic_write  # noqa: E402
 from minibigr.classifier import (  # noqa: E402
     Classifier,
     ClassifierSettings,
-    load_or_train_classifier,
     save_classifier,
+    shipped_classifier_dir,
     train_classifier,
 )
 from minibigr.codes import CodeCache, encode_dataset  # noqa: E402
@@ -69,6 +76,7 @@ from minibigr.evaluate import evaluate_generator, summarize_dataset  # noqa: E40
 from minibigr.model import BiGR, BiGRConfig, spread_mask_counts  # noqa: E402
 from minibigr.pipeline import BiGRPipeline  # noqa: E402
 from minibigr.probe import block_features, linear_probe, pixel_features  # noqa: E402
+from minibigr.sampler import BLIND_ORDERS  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +106,7 @@ PAPER = {
 @dataclass
 class Settings:
     """Everything the results depend on besides the reference model's sampling defaults (both pinned in
-    <out>/settings.json)."""
+    <results>/settings.json)."""
 
     model: str | None = None                 # BiGR directory of the reference model; None = the shipped one
 
@@ -119,7 +127,7 @@ class Settings:
     num_iter: int | None = None              # I and S of every evaluation but the time grid; None = model defaults
     diffusion_steps: int | None = None
     guidance_cfgs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
-    guidance_gumbels: tuple[float, ...] = (0.03, 0.17, 0.5, 1.0, 2.0)
+    guidance_gumbels: tuple[float, ...] = (0.03, 0.5, 2.0, 4.0)   # and the random order, their g -> inf limit
     grid_iters: tuple[int, ...] = (4, 10, 16)
     grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
@@ -137,14 +145,14 @@ QUICK = dict(num_samples=10, max_steps=6, eval_every=2, patience=1, heldout=32, 
              sample_batch=10)
 
 
-def pin_settings(path: Path, s: Settings, sampling: dict) -> None:
-    """Write the settings and the sampling settings that result names do not hold (NAMED) on the first run; refuse
-    to mix results of different ones in one directory. A change of a named setting (new recommended CFG, say) only
-    means other result names, and a grid (GRIDS) only chooses which named results a stage reads: the stored results
-    stay valid."""
+def pin_settings(path: Path, s: Settings, sampling: dict, classifier: str) -> None:
+    """Write the settings, the sampling settings that result names do not hold (NAMED) and the digest of the
+    classifier that scores the samples on the first run; refuse to mix results of different ones in one directory.
+    A change of a named setting (new recommended CFG, say) only means other result names, and a grid (GRIDS) only
+    chooses which named results a stage reads: the stored results stay valid."""
     unnamed = {k: v for k, v in sampling.items() if k not in NAMED}
     settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in GRIDS}
-    record = json.loads(json.dumps({**settings, "sampling": unnamed}))
+    record = json.loads(json.dumps({**settings, "sampling": unnamed, "classifier": classifier}))
     if path.exists():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
@@ -208,11 +216,12 @@ class MissingResult(Exception):
 # The lab: lazily loaded data and models, and every unit of work cached as a JSON result
 # ----------------------------------------------------------------------------------------------
 class Lab:
-    def __init__(self, out: Path, s: Settings, device: str = "cpu"):
+    def __init__(self, out: Path, s: Settings, device: str = "cpu", results: Path | None = None):
         self.out, self.s, self.device = out, s, device
-        self.results = out / "results"
+        self.results = Path(results) if results is not None else out / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         self.compute = True          # False: read results only, raise MissingResult for absent ones
+        self.missing: list[str] = []  # while only reading: the first absent result of each setting left out
         self._models: dict[str, BiGR] = {}
         self._nested = [[0.0, 0.0]]  # wall and CPU seconds spent in stages that a running stage called (see stage)
 
@@ -276,15 +285,25 @@ class Lab:
         return defaults
 
     @cached_property
-    def classifier(self) -> Classifier:
+    def classifier_path(self) -> Path:
+        """The feature extractor's directory: the shipped CNN, or (classifier_images = N) a small one trained here."""
         if self.s.classifier_images is None:
-            return load_or_train_classifier("fashion-mnist", device=self.device)[0]
+            return shipped_classifier_dir("fashion-mnist")
         path = self.out / "classifier"
         if not (path / "config.json").exists():
             model, info = train_classifier(head(self.train, self.s.classifier_images),
                                            settings=ClassifierSettings(epochs=1, seed=self.s.seed), device=self.device)
             save_classifier(model, path, info)
-        return Classifier.from_pretrained(path, self.device)
+        return path
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        return Classifier.from_pretrained(self.classifier_path, self.device)
+
+    @property
+    def classifier_digest(self) -> str:
+        """SHA-256 (first 16 hex digits) of the classifier's weights: FD is only comparable within one extractor."""
+        return hashlib.sha256((self.classifier_path / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     @cached_property
     def reference(self):
@@ -359,13 +378,23 @@ class Lab:
                 "samples": runs[0]["samples"], "reference": runs[0]["reference"], "sampling": runs[0]["sampling"],
                 "model": model_name}
 
-    def scored_each(self, model_name: str, settings: list[dict]) -> list[dict]:
+    def scored_each(self, model_name: str, settings: list[dict]) -> list[dict | None]:
         """``scored`` for each of several sampling settings (override dicts), computed seed-major: every setting
-        with the first seed before any with the second, so a run stopped half-way has scored all of them once."""
-        for k in range(self.s.seeds):
-            for overrides in settings:
-                self.sample_quality(model_name, self.s.seed + k, **overrides)
-        return [self.scored(model_name, **overrides) for overrides in settings]
+        with the first seed before any with the second, so a run stopped half-way has scored all of them once.
+        While only reading, a setting that lacks a seed is None (see ``optional``)."""
+        if self.compute:
+            for k in range(self.s.seeds):
+                for overrides in settings:
+                    self.sample_quality(model_name, self.s.seed + k, **overrides)
+        return [self.optional(lambda o=overrides: self.scored(model_name, **o)) for overrides in settings]
+
+    def optional(self, fn):
+        """fn(), or None while only reading when a result it needs is absent (its name goes to ``missing``)."""
+        try:
+            return fn()
+        except MissingResult as absent:
+            self.missing.append(absent.args[0])
+            return None
 
     def sample_quality(self, model_name: str, seed: int, **overrides) -> dict:
         """evaluate_generator for one model, sampling setting and seed, plus CPU seconds per image."""
@@ -419,8 +448,10 @@ NAMED = ("order", "num_iter", "diffusion_steps", "deterministic", "cfg", "gumbel
 def eval_name(model_name: str, sampling: dict) -> str:
     """The result name of one evaluation (less its seed): settings shared by several ablations map to one result."""
     bits = "det" if sampling["deterministic"] else "bern"
+    # the blind orders never read the Gumbel temperature: one result whatever it is
+    gumbel = "any" if sampling["order"] in BLIND_ORDERS else f"{sampling['gumbel']:g}"
     return (f"eval-{model_name}-{sampling['order']}-I{sampling['num_iter']}-S{sampling['diffusion_steps']}-{bits}"
-            f"-cfg{sampling['cfg']:g}-gumbel{sampling['gumbel']:g}-{sampling['mask_schedule']}")
+            f"-cfg{sampling['cfg']:g}-gumbel{gumbel}-{sampling['mask_schedule']}")
 
 
 def best_round(history: list[dict]) -> int:
@@ -485,32 +516,52 @@ def order_overrides(order: str, N: int) -> dict:
     return {"order": order}
 
 
+def complete(results: dict | list):
+    """The arms or settings whose results are all there (the entries that are not None); MissingResult if none is,
+    which leaves the stage out of the report."""
+    kept = ({k: v for k, v in results.items() if v is not None} if isinstance(results, dict)
+            else [r for r in results if r is not None])
+    if not kept:
+        raise MissingResult("every setting of the stage")
+    return kept
+
+
 def ablate_order(lab: Lab) -> dict:
     N = lab.shipped.config.num_tokens
-    return dict(zip(ORDERS, lab.scored_each("shipped", [order_overrides(order, N) for order in ORDERS]), strict=True))
+    scored = lab.scored_each("shipped", [order_overrides(order, N) for order in ORDERS])
+    return complete(dict(zip(ORDERS, scored, strict=True)))
 
 
 def ablate_objective(lab: Lab) -> dict:
-    return {objective: {**lab.scored(objective), "train": lab.train_info(objective)} for objective in OBJECTIVES}
+    return complete({o: lab.optional(lambda o=o: {**lab.scored(o), "train": lab.train_info(o)}) for o in OBJECTIVES})
 
 
 def ablate_bits(lab: Lab) -> dict:
-    return {"bernoulli": lab.scored("shipped"), "deterministic": lab.scored("shipped", deterministic=True)}
+    return complete(dict(zip(("bernoulli", "deterministic"), lab.scored_each("shipped", [{}, {"deterministic": True}]),
+                             strict=True)))
 
 
 def ablate_probe(lab: Lab) -> dict:
-    out = {name: {**lab.probe(name), **({"train": lab.train_info(name)} if name in TRAINED else {})} for name in PROBED}
-    return {**out, "pixels": lab.pixel_probe()}
+    out = {name: lab.optional(lambda n=name: {**lab.probe(n), **({"train": lab.train_info(n)} if n in TRAINED else {})})
+           for name in PROBED}
+    return complete({**out, "pixels": lab.optional(lab.pixel_probe)})
+
+
+def guidance_points(s: Settings, order: str) -> list[dict]:
+    """CFG x Gumbel temperature of the reference order (entropy if that is blind to the temperature), then CFG with
+    the random order: the infinite-temperature limit, where the certainty no longer counts."""
+    certainty = "entropy" if order in BLIND_ORDERS else order
+    return ([dict(cfg=cfg, gumbel=gumbel, order=certainty) for gumbel in s.guidance_gumbels for cfg in s.guidance_cfgs]
+            + [dict(cfg=cfg, order="random") for cfg in s.guidance_cfgs])
 
 
 def ablate_guidance(lab: Lab) -> list[dict]:
-    return lab.scored_each("shipped", [dict(cfg=cfg, gumbel=gumbel)
-                                       for gumbel in lab.s.guidance_gumbels for cfg in lab.s.guidance_cfgs])
+    return complete(lab.scored_each("shipped", guidance_points(lab.s, lab.sampling["order"])))
 
 
 def ablate_time(lab: Lab) -> list[dict]:
-    return lab.scored_each("shipped", [dict(num_iter=i, diffusion_steps=s)
-                                       for s in lab.s.grid_steps for i in lab.s.grid_iters])
+    return complete(lab.scored_each("shipped", [dict(num_iter=i, diffusion_steps=s)
+                                                for s in lab.s.grid_steps for i in lab.s.grid_iters]))
 
 
 ABLATIONS = {"order": ablate_order, "objective": ablate_objective, "bits": ablate_bits, "probe": ablate_probe,
@@ -699,16 +750,25 @@ def fd_best(res: list[dict]) -> dict:
     return min(res, key=lambda r: r["fd"])
 
 
+def temperature(r: dict) -> float:
+    """A guidance point's Gumbel temperature; the random order is its infinite limit."""
+    return math.inf if r["sampling"]["order"] == "random" else r["sampling"]["gumbel"]
+
+
+def temperature_label(g: float) -> str:
+    return "∞ (random order)" if g == math.inf else f"{g:g}"
+
+
 def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
     best = fd_best(res)
     rows = [[f"**{r['sampling']['cfg']:g}**" if r is best else f"{r['sampling']['cfg']:g}",
-             f"{r['sampling']['gumbel']:g}", *quality_cells(r)]
-            for r in sorted(res, key=lambda r: (r["sampling"]["gumbel"], r["sampling"]["cfg"]))]
+             temperature_label(temperature(r)), *quality_cells(r)]
+            for r in sorted(res, key=lambda r: (temperature(r), r["sampling"]["cfg"]))]
     tied = [r for r in res if r is not best and not apart(r, best)]
     ref = best["reference"]
     return ["## (f) Guidance: CFG scale x Gumbel temperature (reference model; the paper's CFG figure)", "",
             *table(["CFG", "Gumbel", *QUALITY], rows), "",
-            f"FD-best: CFG {best['sampling']['cfg']:g}, Gumbel {best['sampling']['gumbel']:g} (FD "
+            f"FD-best: CFG {best['sampling']['cfg']:g}, Gumbel {temperature_label(temperature(best))} (FD "
             f"{_spread(best)}); {len(tied)} other point(s) within its seeds' ranges. Real test images against the "
             f"train images: precision {ref['precision']:.2f}, recall {ref['recall']:.2f}, class accuracy "
             f"{_pct(ref['class_accuracy_test'])}.", "",
@@ -740,6 +800,9 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
              "asked-for class. Precision / recall: k-NN manifolds (k = 3). CPU s / image: sampling + decoding, "
              "process CPU time. The paper's numbers are FID-50k of BiGR-L on ImageNet 256×256: compare rankings, "
              "not values.", ""]
+    if meta.get("missing"):
+        lines += [f"Not yet scored, so left out ({len(meta['missing'])}; the first absent result of each): "
+                  + ", ".join(f"`{name}`" for name in meta["missing"]) + ".", ""]
     lines += claims_section(summary)
     sections = {"order": order_section, "objective": objective_section, "bits": bits_section}
     for name, section in sections.items():
@@ -797,14 +860,14 @@ def plot_time(results: list[dict], path: Path) -> None:
 
 def plot_guidance(results: list[dict], path: Path) -> None:
     """FD, precision and recall (means, bars: range over seeds) against the CFG scale, one line per Gumbel
-    temperature; real test images' precision and recall dashed."""
+    temperature (the random order as infinite); real test images' precision and recall dashed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, metric, label in zip(axes, ("fd", "precision", "recall"), ("FD ↓", "precision", "recall"), strict=True):
-        for gumbel in sorted({r["sampling"]["gumbel"] for r in results}):
-            line = sorted((r for r in results if r["sampling"]["gumbel"] == gumbel), key=lambda r: r["sampling"]["cfg"])
+        for g in sorted({temperature(r) for r in results}):
+            line = sorted((r for r in results if temperature(r) == g), key=lambda r: r["sampling"]["cfg"])
             ax.errorbar([r["sampling"]["cfg"] for r in line], [r[metric] for r in line], yerr=_error(line, metric),
-                        fmt="o-", capsize=3, label=f"Gumbel {gumbel:g}")
+                        fmt="o-", capsize=3, label=f"Gumbel {temperature_label(g)}")
         if metric != "fd":
             ax.axhline(results[0]["reference"][metric], color="gray", ls="--", label="real test images")
         ax.set_xlabel("CFG scale")
@@ -875,7 +938,7 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
 
 def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
     """Settings, machine and times for the report's first paragraph."""
-    results = [json.loads(p.read_text()) for p in sorted(lab.results.glob("*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(lab.results.glob("*.json")) if p.name != "settings.json"]
     evals = [r for r in results if "reference" in r]
     sampling = lab.sampling
     return {"settings": json.loads(json.dumps(dataclasses.asdict(lab.s))), "command": command, "machine": machine(),
@@ -884,7 +947,8 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
                              "Bernoulli final bits",
             "compute_minutes": sum(r.get("seconds", 0.0) for r in results) / 60, "wall_minutes": wall_seconds / 60,
             "cpu_minutes": sum(r.get("stage_cpu_seconds", 0.0) for r in results) / 60,
-            "real_fd": evals[0]["reference"]["fd_test_vs_train"] if evals else None}
+            "real_fd": evals[0]["reference"]["fd_test_vs_train"] if evals else None,
+            "missing": sorted({re.sub(r"-seed\d+$", "", name) for name in lab.missing})}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -892,7 +956,9 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output directory (results, trainings, codes, report)")
+    ap.add_argument("--out", required=True, help="output directory (trainings, codes, report)")
+    ap.add_argument("--results", help="directory of the JSON results and the pinned settings (default <out>/results; "
+                                      "the study's own: benchmarks/ablations-results)")
     ap.add_argument("--num-samples", type=int, help="generated images per sampling seed and setting (default 1000)")
     ap.add_argument("--seeds", type=int, help="sampling seeds per setting (default 3)")
     ap.add_argument("--max-steps", type=int, help="most training steps of each from-scratch model (default 30000)")
@@ -927,8 +993,8 @@ def main(argv=None) -> list[Path]:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     s = settings_from(args)
-    lab = Lab(out, s, args.device)
-    pin_settings(out / "settings.json", s, lab.sampling)
+    lab = Lab(out, s, args.device, args.results and Path(args.results))
+    pin_settings(lab.results / "settings.json", s, lab.sampling, lab.classifier_digest)
     summary = run_ablations(lab, args.only)
     command = ("python benchmarks/ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
                ).replace(f"{REPO}/", "")

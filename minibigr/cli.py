@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-dir")
     sp.add_argument("--num-samples", type=int, default=1000)
     sp.add_argument("--batch-size", type=int, default=100, help="samples generated per chunk")
-    sp.add_argument("--classifier", help="classifier directory (default: the cache, "
-                    "~/.cache/minibigr/classifiers/<dataset>/); trained there on first use")
+    sp.add_argument("--classifier", help="classifier directory (default: the shipped one for fashion-mnist, "
+                    "else the cache, ~/.cache/minibigr/classifiers/<dataset>/, trained there on first use)")
     sp.add_argument("--inception", help="FID Inception-v3 weights file (pt_inception-2015-12-05)")
     sp.add_argument("--knn-cap", type=int, default=5000, help="points per set in the k-NN precision / recall")
     sp.add_argument("--limit", type=int, help="only the first N train images as the reference")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from benchmarks import ablations as ab
+from minibigr.classifier import shipped_classifier_dir
 
 
 # -- stages are computed once, then read back ---------------------------------------------------
@@ -64,16 +65,24 @@ def test_stage_seconds_exclude_the_stages_they_trigger(tmp_path):
     assert outer["seconds"] < 0.15 and outer["stage_cpu_seconds"] < 0.15
 
 
-def test_settings_are_pinned_per_output_directory(tmp_path):
+def test_settings_are_pinned_per_results_directory(tmp_path):
     path, sampling = tmp_path / "settings.json", {"cfg": 2.0, "gumbel": 0.1, "temperature": 1.0}
-    ab.pin_settings(path, ab.Settings(), sampling)
-    ab.pin_settings(path, ab.Settings(), dict(sampling))
+    ab.pin_settings(path, ab.Settings(), sampling, "cnn-a")
+    ab.pin_settings(path, ab.Settings(), dict(sampling), "cnn-a")
     with pytest.raises(ValueError, match="max_steps"):
-        ab.pin_settings(path, ab.Settings(max_steps=5), sampling)
+        ab.pin_settings(path, ab.Settings(max_steps=5), sampling, "cnn-a")
     with pytest.raises(ValueError, match="sampling"):           # a setting no result name holds changed meanwhile
-        ab.pin_settings(path, ab.Settings(), {**sampling, "temperature": 0.9})
-    ab.pin_settings(path, ab.Settings(), {**sampling, "cfg": 3.0})  # new recommended CFG: other names, no clash
-    ab.pin_settings(path, ab.Settings(guidance_gumbels=(0.03, 2.0)), sampling)    # more points: more results
+        ab.pin_settings(path, ab.Settings(), {**sampling, "temperature": 0.9}, "cnn-a")
+    with pytest.raises(ValueError, match="classifier"):         # other features: FDs would not compare
+        ab.pin_settings(path, ab.Settings(), sampling, "cnn-b")
+    ab.pin_settings(path, ab.Settings(), {**sampling, "cfg": 3.0}, "cnn-a")  # new recommended CFG: other names
+    ab.pin_settings(path, ab.Settings(guidance_gumbels=(0.03, 2.0)), sampling, "cnn-a")  # more points: more results
+
+
+def test_the_shipped_classifier_scores_the_study(tmp_path):
+    lab = ab.Lab(tmp_path, ab.Settings())
+    assert lab.classifier_path == shipped_classifier_dir("fashion-mnist")
+    assert len(lab.classifier_digest) == 16 and not (tmp_path / "classifier").exists()
 
 
 def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
@@ -85,6 +94,17 @@ def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
              "gumbel": 0.5, "mask_schedule": "linear"}
     for key in named:                                           # each named setting changes the name on its own
         assert ab.eval_name("m", {**first, key: other[key]}) != ab.eval_name("m", first)
+    for blind in ("random", "raster"):                          # ... but the blind orders never read the Gumbel
+        assert ab.eval_name("m", {**first, "order": blind}) == ab.eval_name("m", {**first, "order": blind, "gumbel": 4})
+
+
+def test_the_guidance_grid_ends_with_the_random_order_its_infinite_temperature_limit():
+    s = ab.Settings(guidance_cfgs=(1.0, 2.0), guidance_gumbels=(0.03, 4.0))
+    points = ab.guidance_points(s, "entropy")
+    assert points[:4] == [dict(cfg=1.0, gumbel=0.03, order="entropy"), dict(cfg=2.0, gumbel=0.03, order="entropy"),
+                          dict(cfg=1.0, gumbel=4.0, order="entropy"), dict(cfg=2.0, gumbel=4.0, order="entropy")]
+    assert points[4:] == [dict(cfg=1.0, order="random"), dict(cfg=2.0, order="random")]
+    assert ab.guidance_points(s, "random") == points              # a blind reference order: entropy's temperature
 
 
 class IndexCodes:
@@ -182,6 +202,8 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
               for o, fd in zip(ab.OBJECTIVES, (5.0, 7.0, 6.0), strict=True)]
     evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2 + gumbel, cfg=cfg, gumbel=gumbel)
               for cfg in lab.s.guidance_cfgs for gumbel in lab.s.guidance_gumbels if (cfg, gumbel) != (3.0, 0.03)]
+    evals += [fake_eval("shipped", 9.0 + (cfg - 3) ** 2, cfg=cfg, order="random")   # random at CFG 3: in the orders
+              for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     if with_time:
         evals += [fake_eval("shipped", 10.0 / i + 5.0 / s, num_iter=i, diffusion_steps=s, seconds=i * s / 500)
                   for i in lab.s.grid_iters for s in lab.s.grid_steps if (i, s) != (10, 50)]
@@ -228,6 +250,7 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 3.00 vs 3.05 | holds (within" in md
     assert "+4.0 points (paper: +0.8)" in md
     assert "FD-best: CFG 2, Gumbel 0.03" in md and "| **2** | 0.03 |" in md
+    assert "| 1 | ∞ (random order) | 13.00 (12.90–13.10) |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
     assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_guidance.png)" in published
@@ -241,42 +264,51 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert meta["compute_minutes"] > 0 and meta["real_fd"] == 0.37
 
 
-def test_a_stage_with_missing_results_is_left_out_of_the_report(tmp_path):
+def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_path):
     lab = ab.Lab(tmp_path, ab.Settings())
     lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]
     lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab, with_time=False)
+    random = ab.eval_name("shipped", fake_eval("shipped", 0, order="random")["sampling"])
+    (lab.results / f"{random}-seed1.json").unlink()                  # one seed short
+    (lab.results / "train-x0.json").unlink()
+    for probe in lab.results.glob("probe-*.json"):
+        probe.unlink()
     summary = ab.run_ablations(lab, only=())
-    assert "time" not in summary and {"order", "objective", "bits", "probe", "guidance"} <= set(summary)
+    assert "probe" not in summary and "random" not in summary["order"] and "x0" not in summary["objective"]
+    assert [r["sampling"]["num_iter"] for r in summary["time"]] == [10]     # only the reference cell is there
     written = ab.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
-    assert "## (e)" not in (tmp_path / "ablations.md").read_text()
-    assert tmp_path / "ablations_time.png" not in written and tmp_path / "ablations_bars.png" in written
+    md = (tmp_path / "ablations.md").read_text()
+    assert "## (d)" not in md and "| random |" not in md and "| x0 |" not in md
+    assert f"`{random}`" in md and "`train-x0`" in md and "`probe-flip`" in md and "`probe-pixels`" in md
+    assert tmp_path / "ablations_bars.png" in written
 
 
 # -- the whole pipeline on tiny numbers -------------------------------------------------------
 @pytest.mark.fashion_mnist
 def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
-    out = tmp_path / "quick"
-    ab.main(["--out", str(out), "--quick"])
+    out, kept = tmp_path / "quick", tmp_path / "kept"          # bulky files, and the results to commit
+    ab.main(["--out", str(out), "--results", str(kept), "--quick"])
+    assert not (out / "results").exists() and (kept / "settings.json").exists()
     md = (out / "ablations.md").read_text()
     for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
         assert header in md
     s = ab.Settings(**ab.QUICK)
-    results = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    results = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
     evals = [n for n in results if n.startswith("eval-")]
-    # settings: 5 orders, deterministic bits, 3 objectives, the guidance and time grids less their cells equal to
-    # the reference setting; each for every seed
-    settings = (5 + 1 + 3 + len(s.guidance_cfgs) * len(s.guidance_gumbels) - 1
-                + len(s.grid_iters) * len(s.grid_steps) - 1)
-    assert len(evals) == settings * s.seeds
+    summary = json.loads((out / "summary.json").read_text())
+    scored = [*summary["order"].values(), *summary["bits"].values(), *summary["objective"].values(),
+              *summary["guidance"], *summary["time"]]
+    assert len(summary["guidance"]) == len(s.guidance_cfgs) * (len(s.guidance_gumbels) + 1)
+    # every stored evaluation is one seed of a reported setting, and every reported setting has all its seeds
+    assert len(evals) == len({ab.eval_name(r["model"], r["sampling"]) for r in scored}) * s.seeds
     assert {f"train-{n}.json" for n in ab.TRAINED} <= set(results)
     for name in ab.TRAINED:
-        train = json.loads((out / "results" / f"train-{name}.json").read_text())
+        train = json.loads((kept / f"train-{name}.json").read_text())
         rows = [json.loads(line) for line in (out / "train" / name / "heldout.jsonl").read_text().splitlines()]
         assert rows == train["history"] and ab.converged(rows, s) and not ab.converged(rows[:-1], s)
         assert train["best_step"] <= train["stopped_at"] <= s.max_steps
         assert (out / "train" / name / "best" / "model.safetensors").exists()
-    summary = json.loads((out / "summary.json").read_text())
     cost = {name: r["cpu_seconds_per_image"] for name, r in summary["objective"].items()}
     assert cost["direct"] < cost["flip"]          # no reverse chain
     assert all(0 <= r["test"]["top1"] <= 1 for r in summary["probe"].values())
@@ -284,8 +316,8 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     assert (raster_1["order"], raster_1["num_iter"], raster_1["mask_schedule"]) == ("raster", 64, "linear")
 
     t0 = time.perf_counter()
-    ab.main(["--out", str(out), "--quick"])
+    ab.main(["--out", str(out), "--results", str(kept), "--quick"])
     assert time.perf_counter() - t0 < 10
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")} == results
+    assert {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")} == results
     with pytest.raises(ValueError, match="num_samples"):
-        ab.main(["--out", str(out), "--quick", "--num-samples", "12"])
+        ab.main(["--out", str(out), "--results", str(kept), "--quick", "--num-samples", "12"])

@@ -199,6 +199,16 @@ def test_classifier_cache_lives_under_the_cache_dir(monkeypatch, tmp_path):
     assert cl.classifier_dir("fashion-mnist") == tmp_path / "minibigr" / "classifiers" / "fashion-mnist"
 
 
+def test_fashion_mnist_uses_the_shipped_classifier_without_data_or_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cl, "load_dataset", lambda *a, **k: pytest.fail("the shipped classifier needs no data"))
+    model, info = cl.load_or_train_classifier("fashion-mnist")
+    assert info["dataset"] == "fashion-mnist" and info["test_accuracy"] > 0.9 and not model.training
+    assert (model.config.in_channels, model.config.image_size, model.config.num_classes) == (1, 32, 10)
+    assert not (tmp_path / "minibigr").exists()
+    assert cl.shipped_classifier_dir("bars") is None
+
+
 # -- the streaming evaluation ----------------------------------------------------------------------
 def test_summaries_keep_fixed_memory_and_match_one_shot(trained):
     model, _ = trained
