@@ -36,7 +36,8 @@ and summary.json; --publish copies the Markdown to benchmarks/ablations.md and t
 Sample quality is scored as `minibigr evaluate` scores it (minibigr.evaluate.evaluate_generator): Frechet
 distance to the train split in the features of the project's Fashion-MNIST CNN, the CNN's class accuracy on the
 samples, k-NN precision / recall (k = 3), and seconds per image (sampling + decoding). The seconds are process
-CPU time on the given threads, so other jobs on a shared machine do not inflate them.
+CPU time on the given threads, and each result names the machine that computed it; another job on the same cores
+still inflates them (threads spin while they wait for a core), so run the study alone.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -226,7 +228,7 @@ class Lab:
         self._nested = [[0.0, 0.0]]  # wall and CPU seconds spent in stages that a running stage called (see stage)
 
     def stage(self, name: str, fn) -> dict:
-        """fn()'s result dict, stored as results/<name>.json; read back if present.
+        """fn()'s result dict, stored as results/<name>.json with the machine that computed it; read back if present.
 
         "seconds" and "stage_cpu_seconds" are the wall and process CPU time of this stage alone: stages it
         triggers (a training before an evaluation) count in their own results, so the seconds of all results
@@ -246,7 +248,8 @@ class Lab:
             inner = self._nested.pop()
             own = [total - nested for total, nested in zip(spent, inner, strict=True)]
             self._nested[-1] = [a + b for a, b in zip(self._nested[-1], spent, strict=True)]
-        result = json.loads(json.dumps({**result, "seconds": own[0], "stage_cpu_seconds": own[1]}))
+        result = {**result, "seconds": own[0], "stage_cpu_seconds": own[1], "machine": machine()}
+        result = json.loads(json.dumps(result))
         write_json(path, result)
         tqdm.write(f"done: {name} ({result['seconds']:.0f} s)")
         return result
@@ -914,6 +917,7 @@ def plot_bars(summary: dict, path: Path) -> None:
 def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, repo: Path = REPO) -> list[Path]:
     """<out>/ablations.md, the PNGs and summary.json; with ``publish`` also benchmarks/ablations.md and docs/*.png.
     Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
     written = [out / "ablations.md"]
     written[0].write_text(report_markdown(summary, meta))
     if "time" in summary:
@@ -941,7 +945,9 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
     results = [json.loads(p.read_text()) for p in sorted(lab.results.glob("*.json")) if p.name != "settings.json"]
     evals = [r for r in results if "reference" in r]
     sampling = lab.sampling
-    return {"settings": json.loads(json.dumps(dataclasses.asdict(lab.s))), "command": command, "machine": machine(),
+    machines = Counter(r.get("machine", "machine not recorded") for r in results)
+    return {"settings": json.loads(json.dumps(dataclasses.asdict(lab.s))), "command": command,
+            "machine": "; ".join(f"{m} ({n} results)" for m, n in machines.most_common()) or machine(),
             "sampling_line": f"{sampling['order']} order, I = {sampling['num_iter']}, S = "
                              f"{sampling['diffusion_steps']}, CFG {sampling['cfg']:g}, Gumbel {sampling['gumbel']:g}, "
                              "Bernoulli final bits",

@@ -24,6 +24,7 @@ def test_a_stage_runs_once_and_a_rerun_reads_its_json(tmp_path):
     assert len(calls) == 1
     assert first == again == json.loads((tmp_path / "results" / "thing.json").read_text())
     assert first["value"] == {"1": 2.5}          # the first run returns what a re-run reads
+    assert first["machine"] == ab.machine()      # CPU seconds compare only on one machine
 
 
 def test_a_stage_not_asked_for_is_missing_not_computed(tmp_path):
@@ -224,7 +225,7 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
 
 
 def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
-    lab = ab.Lab(tmp_path / "out", ab.Settings())
+    lab = ab.Lab(tmp_path / "out", ab.Settings(), results=tmp_path / "kept")     # nothing made <out> yet
     lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]       # the reference model is never loaded
     lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab)
@@ -262,6 +263,7 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     stored = json.loads((lab.out / "summary.json").read_text())
     assert stored["order"]["random"]["fd"] == 9.0 and stored["meta"]["command"] == meta["command"]
     assert meta["compute_minutes"] > 0 and meta["real_fd"] == 0.37
+    assert meta["machine"] == f"machine not recorded ({len(list(lab.results.glob('*.json')))} results)"
 
 
 def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_path):
