@@ -218,7 +218,7 @@ class MissingResult(Exception):
 # The lab: lazily loaded data and models, and every unit of work cached as a JSON result
 # ----------------------------------------------------------------------------------------------
 class Lab:
-    def __init__(self, out: Path, s: Settings, device: str = "cpu", results: Path | None = None):
+    def __init__(self, out: Path, s: Settings, device: str = "cpu", results: str | Path | None = None):
         self.out, self.s, self.device = out, s, device
         self.results = Path(results) if results is not None else out / "results"
         self.results.mkdir(parents=True, exist_ok=True)
@@ -999,7 +999,7 @@ def main(argv=None) -> list[Path]:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     s = settings_from(args)
-    lab = Lab(out, s, args.device, args.results and Path(args.results))
+    lab = Lab(out, s, args.device, args.results)
     pin_settings(lab.results / "settings.json", s, lab.sampling, lab.classifier_digest)
     summary = run_ablations(lab, args.only)
     command = ("python benchmarks/ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
