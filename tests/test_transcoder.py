@@ -322,6 +322,33 @@ def test_large_batches_run_the_chain_in_chunks_of_bounded_size(monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_cpu_tiles_give_the_draws_and_p0_of_one_piece(monkeypatch, cfg):
+    """With room for 4 tokens per CPU tile, 13 tokens run as 3 + 3 + 3 + 4: from the same generator seed they
+    draw the uniforms one piece draws step by step, so p0 is the same."""
+    model, _ = random_transcoder(5, 6, 4, 8, 2, 16, "linear", "flip", 0.3)
+    g = torch.Generator().manual_seed(0)
+    cond, cond_null = (torch.randn(13, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    guided = cfg != 1.0
+
+    def sample():
+        return model.sample(cond, cond_null, steps=8, cfg=cfg, generator=torch.Generator().manual_seed(1))
+
+    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 10 ** 9)
+    whole = sample()
+    sizes = []
+    original = mt.FusedDenoiser.__init__
+
+    def counting_init(self, denoiser, c, t_emb):
+        sizes.append(len(c))
+        original(self, denoiser, c, t_emb)
+    monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
+    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 4 * 8 * (1 + guided) * 8 // torch.get_num_threads())
+    tiled = sample()
+    assert sizes == [n * (1 + guided) for n in (3, 3, 3, 4)]
+    torch.testing.assert_close(tiled, whole, rtol=1e-12, atol=1e-12)
+
+
 @settings(deadline=None, max_examples=100)
 @given(seed=seeds, name=schedules, T=st.integers(1, 256), M=st.integers(1, 16), K=st.integers(1, 32),
        cond_dim=st.integers(1, 8), width=st.integers(2, 16), blocks=st.integers(0, 2), objective=objectives,
