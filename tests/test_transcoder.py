@@ -343,7 +343,8 @@ def test_cpu_tiles_give_the_draws_and_p0_of_one_piece(monkeypatch, cfg):
         sizes.append(len(c))
         original(self, denoiser, c, t_emb)
     monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
-    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 4 * 8 * (1 + guided) * 8 // torch.get_num_threads())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 4 * 8 * (1 + guided) * 8)     # 4 tokens x width 8 x CFG rows x 8 bytes
     tiled = sample()
     assert sizes == [n * (1 + guided) for n in (3, 3, 3, 4)]
     torch.testing.assert_close(tiled, whole, rtol=1e-12, atol=1e-12)
