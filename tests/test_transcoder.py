@@ -300,6 +300,18 @@ def test_fused_chain_is_bit_identical_to_the_module_path(seed, TS, M, K, width, 
     assert torch.equal(fused, plain)
 
 
+def chain_rows(monkeypatch) -> list[int]:
+    """From now on, the rows of every fused chain that starts (both CFG halves count) are appended to the list."""
+    sizes = []
+    original = mt.FusedDenoiser.__init__
+
+    def counting_init(self, denoiser, c, t_emb):
+        sizes.append(len(c))
+        original(self, denoiser, c, t_emb)
+    monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
+    return sizes
+
+
 def test_large_batches_run_the_chain_in_chunks_of_bounded_size(monkeypatch):
     """With room for 5 tokens per chunk (CFG doubles the rows), 13 tokens run as 5 + 5 + 3: the same p0 on the
     same uniforms as one piece."""
@@ -309,13 +321,7 @@ def test_large_batches_run_the_chain_in_chunks_of_bounded_size(monkeypatch):
                                                                                        dtype=torch.float64)
     uniforms = torch.rand(8, 13, 6, generator=g, dtype=torch.float64)
     whole = model.sample(cond, cond_null, steps=8, cfg=2.0, uniforms=uniforms)
-    sizes = []
-    original = mt.FusedDenoiser.__init__
-
-    def counting_init(self, denoiser, c, t_emb):
-        sizes.append(len(c))
-        original(self, denoiser, c, t_emb)
-    monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
+    sizes = chain_rows(monkeypatch)
     monkeypatch.setattr(mt, "CHAIN_ELEMENTS", 5 * 8 * 2)
     chunked = model.sample(cond, cond_null, steps=8, cfg=2.0, uniforms=uniforms)
     assert sizes == [10, 10, 6]                  # rows per chain: both CFG halves of 5, 5 and 3 tokens
@@ -336,13 +342,7 @@ def test_cpu_tiles_give_the_draws_and_p0_of_one_piece(monkeypatch, cfg):
 
     monkeypatch.setattr(mt, "CPU_TILE_BYTES", 10 ** 9)
     whole = sample()
-    sizes = []
-    original = mt.FusedDenoiser.__init__
-
-    def counting_init(self, denoiser, c, t_emb):
-        sizes.append(len(c))
-        original(self, denoiser, c, t_emb)
-    monkeypatch.setattr(mt.FusedDenoiser, "__init__", counting_init)
+    sizes = chain_rows(monkeypatch)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.setattr(mt, "CPU_TILE_BYTES", 4 * 8 * (1 + guided) * 8)     # 4 tokens x width 8 x CFG rows x 8 bytes
     tiled = sample()
