@@ -290,20 +290,17 @@ class FusedDenoiser:
 
     def __init__(self, denoiser: DenoiseMLP, c: torch.Tensor, t_emb: torch.Tensor):
         self.net, self.c, self.t_emb = denoiser, c, t_emb
-        # every adaLN layer reads SiLU(c): their weights stacked make one matmul per step, each output column the
-        # same dot product as in its own layer; in c's dtype, as under autocast c is bf16 and out= matmuls do not
-        # autocast
+        # (weight^T, bias) of every adaLN layer in c's dtype: under autocast c is bf16, and out= matmuls do not autocast
         layers = [m.adaLN_modulation[-1] for m in (*denoiser.blocks, denoiser.final_layer)]
-        self.weight_t = torch.cat([layer.weight for layer in layers]).to(c.dtype).t()       # (w, 3w * blocks + 2w)
-        self.bias = torch.cat([layer.bias for layer in layers]).to(c.dtype)
+        self.adaLN = [(layer.weight.to(c.dtype).t(), layer.bias.to(c.dtype)) for layer in layers]
         self.silu_c = torch.empty_like(c)                                                   # (R, w)
-        self.all_mods = c.new_empty(len(c), len(self.bias))
-        self.mods = self.all_mods.split([layer.out_features for layer in layers], dim=-1)  # (R, 3w) ..., (R, 2w)
+        self.mods = [c.new_empty(len(c), layer.out_features) for layer in layers]           # (R, 3w) or (R, 2w)
 
     def __call__(self, z_t: torch.Tensor, i: int) -> torch.Tensor:
         net = self.net
         F.silu(torch.add(self.c, self.t_emb[i], out=self.silu_c), inplace=True)          # SiLU(c + t_emb), once
-        torch.addmm(self.bias, self.silu_c, self.weight_t, out=self.all_mods)             # every adaLN output
+        for (weight_t, bias), out in zip(self.adaLN, self.mods, strict=True):
+            torch.addmm(bias, self.silu_c, weight_t, out=out)
         x = net.x_embedder((2 * z_t - 1).to(self.c.dtype).repeat(len(self.c) // len(z_t), 1))  # (R, w)
         for block, mods in zip(net.blocks, self.mods, strict=False):
             shift, scale, gate = mods.chunk(3, dim=-1)
