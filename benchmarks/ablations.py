@@ -227,15 +227,17 @@ class Lab:
         self._models: dict[str, BiGR] = {}
         self._nested = [[0.0, 0.0]]  # wall and CPU seconds spent in stages that a running stage called (see stage)
 
-    def stage(self, name: str, fn) -> dict:
+    def stage(self, name: str, fn, makes: Path | None = None) -> dict:
         """fn()'s result dict, stored as results/<name>.json with the machine that computed it; read back if present.
 
         "seconds" and "stage_cpu_seconds" are the wall and process CPU time of this stage alone: stages it
         triggers (a training before an evaluation) count in their own results, so the seconds of all results
-        add up to the whole computation.
+        add up to the whole computation. ``makes``: a file or folder fn writes into --out that the caller is
+        about to read (a code cache, a checkpoint); the results directory travels between machines and --out
+        does not, so a stored result whose ``makes`` is not here is computed again.
         """
         path = self.results / f"{name}.json"
-        if path.exists():
+        if path.exists() and (makes is None or makes.exists()):
             return json.loads(path.read_text())
         if not self.compute:
             raise MissingResult(name)
@@ -317,15 +319,16 @@ class Lab:
         """The shipped tokenizer's deterministic codes of the train split (or of the probe's test images)."""
         directory = self.out / f"codes-{split}"
         images = self.train if split == "train" else head(self.test, self.s.probe_test)
-        self.stage(f"codes-{split}", lambda: {"images": len(encode_dataset(self.tokenizer, images, directory))})
+        self.stage(f"codes-{split}", lambda: {"images": len(encode_dataset(self.tokenizer, images, directory))},
+                   makes=directory)
         return CodeCache(directory)
 
     # -- models -----------------------------------------------------------------------------
-    def train_info(self, name: str) -> dict:
+    def train_info(self, name: str, checkpoint: bool = False) -> dict:
         """Train the from-scratch model ``name`` (see TRAINED) until its held-out loss stops improving, unless
-        done; its training record. Rounds of eval_every steps, each resumed from the last checkpoint; the held-out
-        loss of every round is appended to <train>/<name>/heldout.jsonl, and the best round's EMA model is kept
-        in <train>/<name>/best."""
+        done (and, with ``checkpoint``, its best checkpoint is in --out); its training record. Rounds of eval_every
+        steps, each resumed from the last checkpoint; the held-out loss of every round is appended to
+        <train>/<name>/heldout.jsonl, and the best round's EMA model is kept in <train>/<name>/best."""
         objective, unconditional = TRAINED[name]
         directory = self.out / "train" / name
         s = self.s
@@ -361,13 +364,13 @@ class Lab:
                     "stopped_at": history[-1]["step"], "heldout_loss": best["loss"], "heldout_bce": best["bce"],
                     "cpu_seconds": sum(r["cpu_seconds"] for r in history), "history": history}
 
-        return self.stage(f"train-{name}", run)
+        return self.stage(f"train-{name}", run, makes=directory / "best" if checkpoint else None)
 
     def model(self, name: str) -> BiGR:
         if name == "shipped":
             return self.shipped
         if name not in self._models:
-            self.train_info(name)
+            self.train_info(name, checkpoint=True)
             self._models[name] = BiGR.from_pretrained(self.out / "train" / name / "best", self.device)
         return self._models[name]
 

@@ -47,6 +47,23 @@ def test_a_failing_stage_writes_nothing(tmp_path):
     assert lab.stage("broken", lambda: {"ok": True})["ok"]
 
 
+def test_a_stored_stage_whose_files_are_not_in_out_is_computed_again(tmp_path):
+    lab, cache = ab.Lab(tmp_path / "out", ab.Settings(), results=tmp_path / "results"), tmp_path / "out" / "cache"
+    calls = []
+
+    def encode():
+        calls.append(1)
+        cache.mkdir(parents=True, exist_ok=True)
+        return {"images": len(calls)}
+
+    assert lab.stage("codes", encode, makes=cache)["images"] == 1
+    assert lab.stage("codes", encode, makes=cache)["images"] == 1        # its files are here: read back
+    assert lab.stage("codes", lambda: pytest.fail("recomputed"))["images"] == 1   # a caller that needs no files
+    cache.rmdir()                                                        # the results moved to another machine
+    assert lab.stage("codes", encode, makes=cache)["images"] == 2
+    assert json.loads((tmp_path / "results" / "codes.json").read_text())["images"] == 2
+
+
 def test_stage_seconds_exclude_the_stages_they_trigger(tmp_path):
     lab = ab.Lab(tmp_path, ab.Settings())
 
