@@ -798,8 +798,9 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
              f"{s['seed']}, on the shipped tokenizer's codes less the last {s['heldout']} train images, which give "
              f"the held-out loss every {s['eval_every']} steps (stop after {s['patience']} evaluations without a new "
              f"best, at most {s['max_steps']} steps). {meta['machine']}; {meta['cpu_minutes']:.0f} min of process "
-             f"CPU time and {meta['compute_minutes']:.0f} min wall-clock summed over all stages "
-             f"({last_invocation(meta['wall_minutes'])}).", "",
+             f"CPU time and {meta['compute_minutes']:.0f} min wall-clock summed over all stages (a training resumed "
+             "across invocations: CPU time of all of them, wall-clock of the last; "
+             f"{last_invocation(meta['wall_minutes'])}).", "",
              "FD: Fréchet distance to the train images in the features of the project's Fashion-MNIST CNN (lower is "
              f"better; {s['num_samples']} real test images score {_num(meta.get('real_fd'))} at the same count: "
              "the floor), mean over seeds with the range (min–max). Class accuracy: the CNN's prediction equals the "
@@ -943,6 +944,14 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
     return written
 
 
+def stage_cpu_seconds(result: dict) -> float:
+    """A result's own process CPU time. A training resumed over several invocations counts its rounds itself (the
+    stage's clock saw only the last invocation); any other stage has its stage's."""
+    if "history" in result:
+        return max(result["cpu_seconds"], result.get("stage_cpu_seconds", 0.0))
+    return result.get("stage_cpu_seconds", 0.0)
+
+
 def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
     """Settings, machine and times for the report's first paragraph."""
     results = [json.loads(p.read_text()) for p in sorted(lab.results.glob("*.json")) if p.name != "settings.json"]
@@ -955,7 +964,7 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
                              f"{sampling['diffusion_steps']}, CFG {sampling['cfg']:g}, Gumbel {sampling['gumbel']:g}, "
                              "Bernoulli final bits",
             "compute_minutes": sum(r.get("seconds", 0.0) for r in results) / 60, "wall_minutes": wall_seconds / 60,
-            "cpu_minutes": sum(r.get("stage_cpu_seconds", 0.0) for r in results) / 60,
+            "cpu_minutes": sum(map(stage_cpu_seconds, results)) / 60,
             "real_fd": evals[0]["reference"]["fd_test_vs_train"] if evals else None,
             "missing": sorted({re.sub(r"-seed\d+$", "", name) for name in lab.missing})}
 
