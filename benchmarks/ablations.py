@@ -330,7 +330,7 @@ class Lab:
         steps, each resumed from the last checkpoint; the held-out loss of every round is appended to
         <train>/<name>/heldout.jsonl, and the best round's EMA model is kept in <train>/<name>/best."""
         objective, unconditional = TRAINED[name]
-        directory = self.out / "train" / name
+        directory = self.train_dir(name)
         s = self.s
 
         def run():
@@ -366,12 +366,15 @@ class Lab:
 
         return self.stage(f"train-{name}", run, makes=directory / "best" if checkpoint else None)
 
+    def train_dir(self, name: str) -> Path:
+        return self.out / "train" / name
+
     def model(self, name: str) -> BiGR:
         if name == "shipped":
             return self.shipped
         if name not in self._models:
             self.train_info(name, checkpoint=True)
-            self._models[name] = BiGR.from_pretrained(self.out / "train" / name / "best", self.device)
+            self._models[name] = BiGR.from_pretrained(self.train_dir(name) / "best", self.device)
         return self._models[name]
 
     # -- measurements -----------------------------------------------------------------------
@@ -945,8 +948,9 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
 
 
 def stage_cpu_seconds(result: dict) -> float:
-    """A result's own process CPU time. A training resumed over several invocations counts its rounds itself (the
-    stage's clock saw only the last invocation); any other stage has its stage's."""
+    """A result's own process CPU time. A training counts its rounds itself, which a resumed one needs (the stage's
+    clock saw only the last invocation); the larger of the two, since a training done in one invocation also spent
+    time outside its rounds (building the model). Any other stage has its stage's."""
     if "history" in result:
         return max(result["cpu_seconds"], result.get("stage_cpu_seconds", 0.0))
     return result.get("stage_cpu_seconds", 0.0)
