@@ -16,25 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # `python benchmarks/chain_compile.py` from anywhere
 
 import torch  # noqa: E402
 
+from benchmarks.timing import best_time  # noqa: E402
 from minibigr import pretrained  # noqa: E402
-
-
-def best_time(fn, repeat: int) -> tuple[float, torch.Tensor]:
-    """(best wall time of ``repeat`` calls after one untimed call, the last call's output)."""
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main():

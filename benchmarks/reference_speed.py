@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def parse_args():
@@ -59,6 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.timing import best_time  # noqa: E402
 from minibigr import sampler as ms  # noqa: E402
 from minibigr import transcoder as mt  # noqa: E402
 from reference import quantizer as rq  # noqa: E402
@@ -152,16 +152,6 @@ def unmasking_states(scores, I):
 def selections(select, scores, states):
     """Only the selections of the loop: what the Numba kernel replaces."""
     return [select(scores[i], mask, n_reveal) for i, (mask, n_reveal) in enumerate(states)]
-
-
-def best_time(fn, repeat):
-    out = fn()  # warm-up: Numba loads its cache, torch allocates
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main():

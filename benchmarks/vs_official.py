@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # `python benchmarks/vs_official.py` from anywhere
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.official_restated import OfficialBiGR  # noqa: E402
+from benchmarks.timing import clock  # noqa: E402
 from minibigr import BiGR, BiGRConfig, official, pretrained  # noqa: E402
 from minibigr.model import masked_probs, spread_mask_counts  # noqa: E402
 from minibigr.sampler import sample_tokens  # noqa: E402
@@ -114,17 +114,9 @@ def timed_pair(ours, theirs, repeat: int, device: torch.device, warmup: bool) ->
     """Best wall times of ``repeat`` calls of each, the two sides alternating (ours, theirs, ours, ...) so that a
     machine that speeds up or slows down during the run does not favour one side; one untimed call of each first
     if ``warmup``."""
-    def clock(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
     if warmup:
         ours(), theirs()
-    times = [(clock(ours), clock(theirs)) for _ in range(repeat)]
+    times = [(clock(ours, device)[0], clock(theirs, device)[0]) for _ in range(repeat)]
     return min(t[0] for t in times), min(t[1] for t in times)
 
 
