@@ -351,9 +351,10 @@ class Lab:
                                          lr=s.lr, lr_schedule="constant", warmup=s.warmup, ema=s.ema, seed=s.seed,
                                          device=self.device, log_every=max(1, min(50, s.eval_every)),
                                          ckpt_every=s.eval_every)
-                cpu = time.process_time()
+                wall, cpu = time.perf_counter(), time.process_time()
                 ema = train_bigr(model, data, settings)
-                row = {"step": step, **heldout_loss(ema, heldout, s.seed), "cpu_seconds": time.process_time() - cpu}
+                row = {"step": step, **heldout_loss(ema, heldout, s.seed), "cpu_seconds": time.process_time() - cpu,
+                       "seconds": time.perf_counter() - wall}
                 history.append(row)
                 if best_round(history) == len(history) - 1:
                     ema.save_pretrained(directory / "best")
@@ -784,6 +785,11 @@ def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
             f"![FD, precision and recall against CFG]({image_prefix}ablations_guidance.png)", ""]
 
 
+def untimed_note(names: list[str]) -> str:
+    return (f"; the wall-clock of {', '.join(names)}: its last invocation only, as rounds were not timed yet"
+            if names else "")
+
+
 def last_invocation(minutes: float) -> str:
     return ("the last invocation only read stored results" if minutes < 1
             else f"the last invocation took {minutes:.0f} min")
@@ -802,7 +808,7 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
              f"the held-out loss every {s['eval_every']} steps (stop after {s['patience']} evaluations without a new "
              f"best, at most {s['max_steps']} steps). {meta['machine']}; {meta['cpu_minutes']:.0f} min of process "
              f"CPU time and {meta['compute_minutes']:.0f} min wall-clock summed over all stages (a training resumed "
-             "across invocations: CPU time of all of them, wall-clock of the last; "
+             f"across invocations counts all its rounds{untimed_note(meta.get('untimed', []))}; "
              f"{last_invocation(meta['wall_minutes'])}).", "",
              "FD: Fréchet distance to the train images in the features of the project's Fashion-MNIST CNN (lower is "
              f"better; {s['num_samples']} real test images score {_num(meta.get('real_fd'))} at the same count: "
@@ -947,13 +953,22 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
     return written
 
 
-def stage_cpu_seconds(result: dict) -> float:
-    """A result's own process CPU time. A training counts its rounds itself, which a resumed one needs (the stage's
-    clock saw only the last invocation); the larger of the two, since a training done in one invocation also spent
-    time outside its rounds (building the model). Any other stage has its stage's."""
+def stage_time(result: dict) -> tuple[float, float]:
+    """A result's own (wall, process CPU) seconds. A training counts its rounds itself, which a resumed one needs
+    (the stage's clocks saw only the last invocation); the larger of the two, since a training done in one
+    invocation also spent time outside its rounds (building the model). Any other stage has its stage's."""
+    wall, cpu = result.get("seconds", 0.0), result.get("stage_cpu_seconds", 0.0)
     if "history" in result:
-        return max(result["cpu_seconds"], result.get("stage_cpu_seconds", 0.0))
-    return result.get("stage_cpu_seconds", 0.0)
+        rounds = result["history"]
+        wall = max(wall, sum(r.get("seconds", 0.0) for r in rounds))
+        cpu = max(cpu, sum(r["cpu_seconds"] for r in rounds))
+    return wall, cpu
+
+
+def untimed_trainings(results: list[dict]) -> list[str]:
+    """The trainings with rounds logged before rounds were timed: their wall-clock is their last invocation's."""
+    return [r["objective"] + (" (unconditional)" if r["unconditional"] else "") for r in results
+            if "history" in r and any("seconds" not in row for row in r["history"])]
 
 
 def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
@@ -967,8 +982,8 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
             "sampling_line": f"{sampling['order']} order, I = {sampling['num_iter']}, S = "
                              f"{sampling['diffusion_steps']}, CFG {sampling['cfg']:g}, Gumbel {sampling['gumbel']:g}, "
                              "Bernoulli final bits",
-            "compute_minutes": sum(r.get("seconds", 0.0) for r in results) / 60, "wall_minutes": wall_seconds / 60,
-            "cpu_minutes": sum(map(stage_cpu_seconds, results)) / 60,
+            "compute_minutes": sum(stage_time(r)[0] for r in results) / 60, "wall_minutes": wall_seconds / 60,
+            "cpu_minutes": sum(stage_time(r)[1] for r in results) / 60, "untimed": untimed_trainings(results),
             "real_fd": evals[0]["reference"]["fd_test_vs_train"] if evals else None,
             "missing": sorted({re.sub(r"-seed\d+$", "", name) for name in lab.missing})}
 

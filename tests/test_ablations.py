@@ -64,11 +64,17 @@ def test_a_stored_stage_whose_files_are_not_in_out_is_computed_again(tmp_path):
     assert json.loads((tmp_path / "results" / "codes.json").read_text())["images"] == 2
 
 
-def test_a_training_resumed_across_invocations_counts_the_cpu_time_of_all_its_rounds():
-    rounds = [{"step": 500, "cpu_seconds": 300.0}, {"step": 1000, "cpu_seconds": 280.0}]
-    resumed = {"history": rounds, "cpu_seconds": 580.0, "stage_cpu_seconds": 290.0}   # the last run did one round
-    assert ab.stage_cpu_seconds(resumed) == 580.0
-    assert ab.stage_cpu_seconds({"stage_cpu_seconds": 12.0, "cpu_seconds": 99.0}) == 12.0   # an evaluation
+def test_a_training_resumed_across_invocations_counts_the_time_of_all_its_rounds():
+    rounds = [{"step": 500, "cpu_seconds": 300.0, "seconds": 160.0}, {"step": 1000, "cpu_seconds": 280.0,
+                                                                       "seconds": 150.0}]
+    resumed = {"objective": "x0", "unconditional": False, "history": rounds, "cpu_seconds": 580.0,
+               "stage_cpu_seconds": 290.0, "seconds": 151.0}                   # the last run did one round
+    assert ab.stage_time(resumed) == (310.0, 580.0)
+    assert ab.stage_time({"seconds": 5.0, "stage_cpu_seconds": 12.0, "cpu_seconds": 99.0}) == (5.0, 12.0)  # an eval
+    assert ab.untimed_trainings([resumed]) == []
+    old = {**resumed, "history": [{"step": 500, "cpu_seconds": 300.0}, *rounds[1:]], "unconditional": True}
+    assert ab.untimed_trainings([resumed, old]) == ["x0 (unconditional)"]
+    assert ab.stage_time(old) == (151.0, 580.0)
 
 
 def test_stage_seconds_exclude_the_stages_they_trigger(tmp_path):
