@@ -250,6 +250,8 @@ class BiGR(Checkpointed, nn.Module):
         s = self.config.sampling.replace(**overrides)
         labels, tokens = self._check_generate(labels, tokens, given)
         B, guided = len(labels), s.cfg != 1.0
+        if B == 0:                                       # an empty batch: nothing to sample
+            return tokens
         bf16 = torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=s.precision == "bfloat16")
         with eval_mode(self), bf16:
             # class embeddings of the rows; with CFG the null class's rows follow them (one batch of 2B)

@@ -137,7 +137,7 @@ class BiGRPipeline:
                 raise ValueError("this pipeline has no class names: give class numbers")
             labels = [class_index(y, self.class_names) if isinstance(y, str) else y for y in labels]
         labels = torch.as_tensor(labels, device=self.device)
-        if labels.is_floating_point():
+        if labels.is_floating_point() and labels.numel():   # [] becomes float32: an empty batch is fine
             raise ValueError(f"class labels must be integers, got {labels.dtype}")
         return labels.reshape(-1).long()
 

@@ -327,6 +327,15 @@ class BinaryAutoencoder(Checkpointed, nn.Module):
         c, s = self.config.in_channels, self.config.image_size
         if images.dim() != 4 or images.shape[1] != c or images.shape[2:] != (s, s):
             raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"expected float images in [0, 1], got {images.dtype} (divide 8-bit images by 255)")
+
+    @staticmethod
+    def _check_range(images: torch.Tensor) -> None:
+        """Images outside [0, 1] encode to codes the model never saw; the usual slips are 0..255 and [-1, 1]."""
+        lo, hi = (float(v) for v in images.aminmax())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"expected images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
 
     def _check_bits(self, bits: torch.Tensor) -> None:
         K, h = self.config.K, self.config.latent_size
@@ -337,6 +346,7 @@ class BinaryAutoencoder(Checkpointed, nn.Module):
     def encode_probs(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) in [0,1] -> p = P(bit = 1) (B, K, h, w)."""
         self._check_images(images)
+        self._check_range(images)
         return self.quantize.probs(self.encoder(self._to_net(images)))
 
     @torch.no_grad()

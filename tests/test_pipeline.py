@@ -87,6 +87,13 @@ def test_labels_may_be_a_tensor_a_list_or_one_int(saved):
     assert pipe.to("cpu") is pipe
 
 
+def test_an_empty_batch_gives_no_images(saved):
+    _, tok, model = saved
+    pipe = BiGRPipeline(tok, model)
+    assert model.generate(torch.zeros(0, dtype=torch.long)).shape == (0, model.config.num_tokens, model.config.K)
+    assert pipe([]).shape == (0, tok.config.in_channels, tok.config.image_size, tok.config.image_size)
+
+
 def test_sampling_overrides_reach_the_model(saved):
     _, tok, model = saved
     pipe = BiGRPipeline(tok, model)

@@ -166,6 +166,22 @@ def test_wrong_images_raise(shape):
         tok(torch.rand(shape))
 
 
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (2.0, -1.0)])
+def test_images_outside_0_1_raise_with_their_range(scale, shift):
+    x = torch.rand(2, 3, 8, 8) * scale + shift
+    lo, hi = float(x.min()), float(x.max())
+    with pytest.raises(ValueError, match=rf"expected images in \[0, 1\], got values in \[{lo:.3g}, {hi:.3g}\]"):
+        tiny_model().encode(x)
+    tiny_model().encode(x.clamp(0, 1))                   # the edges themselves are images
+
+
+def test_integer_images_raise_a_type_error_naming_the_fix():
+    x = (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8)
+    with pytest.raises(TypeError, match=r"got torch.uint8 \(divide 8-bit images by 255\)"):
+        tiny_model().encode(x)
+    tiny_model().encode(x / 255)
+
+
 @pytest.mark.parametrize("shape", [(2, 7, 4, 4), (2, 8, 2, 2), (8, 4, 4)])
 def test_wrong_bits_raise(shape):
     with pytest.raises(ValueError, match=r"expected bits of shape \(B, K=8, 4, 4\), got"):
