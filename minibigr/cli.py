@@ -48,6 +48,14 @@ def _device(name: str) -> str:
     return name
 
 
+def positive(text: str) -> int:
+    """argparse type of a count: an integer >= 1."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def load_pipeline(args) -> BiGRPipeline:
     """The pipeline that --model (and --tokenizer, --device) name."""
     return BiGRPipeline.from_pretrained(args.model, _device(args.device), tokenizer=args.tokenizer)
@@ -334,13 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one field of the preset's config, e.g. --set dim=256 (repeatable)")
         sp.add_argument("--out", default=default_out, help="run directory (resumes if it holds a run)")
-        sp.add_argument("--steps", type=int, help="total optimisation steps")
-        sp.add_argument("--batch-size", type=int, help="global batch size")
+        sp.add_argument("--steps", type=positive, help="total optimisation steps")
+        sp.add_argument("--batch-size", type=positive, help="global batch size")
         sp.add_argument("--lr", type=float, help="peak learning rate")
         sp.add_argument("--seed", type=int)
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        sp.add_argument("--sample-every", type=int, help="write a sample / reconstruction grid every N steps")
-        sp.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
+        sp.add_argument("--sample-every", type=positive, help="write a sample / reconstruction grid every N steps")
+        sp.add_argument("--ckpt-every", type=positive, help="checkpoint every N steps")
 
     sp = sub.add_parser("train-tokenizer", help="train the binary autoencoder (B-AE)")
     common_train(sp, "runs/tokenizer")
@@ -354,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="train")
     sp.add_argument("--data-dir")
     sp.add_argument("--out", default="runs/codes")
-    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--batch-size", type=positive, default=256)
     sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_encode)
 
@@ -369,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sp)
     sp.add_argument("--labels", nargs="+", help="class numbers or names (default: every class), e.g. "
                     "--labels 207 'golden retriever'")
-    sp.add_argument("--per-class", type=int, default=8)
+    sp.add_argument("--per-class", type=positive, default=8)
     sp.add_argument("--out", default="samples.png")
     add_sampling(sp)
     sp.set_defaults(func=cmd_sample)
@@ -379,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", choices=sorted(RECIPES), default="fashion-mnist")
     sp.add_argument("--split", default="test")
     sp.add_argument("--data-dir")
-    sp.add_argument("--limit", type=int, help="only the first N images")
+    sp.add_argument("--limit", type=positive, help="only the first N images")
     sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_eval_tokenizer)
 
@@ -387,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="minibigr-demo")
     sp.add_argument("--train", action="store_true", help="train the tiny models from scratch first")
     sp.add_argument("--fast", action="store_true", help="with --train: a few-minute run (rough samples)")
-    sp.add_argument("--per-class", type=int, default=8, help="samples per class in samples.png")
+    sp.add_argument("--per-class", type=positive, default=8, help="samples per class in samples.png")
     sp.add_argument("--seed", type=int, default=0, help="seed of every sampling generator")
     sp.add_argument("--data-dir")
     sp.add_argument("--device", default="auto")
@@ -403,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
         sp.add_argument("--label", required=True, help="class of the regenerated region (number or name)")
         sp.add_argument("--out", default=f"{name}.png")
-        sp.add_argument("--zoom", type=int, default=4, help="upscaling of the comparison PNG")
+        sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
         add_models(sp)
         add_sampling(sp)
         sp.set_defaults(func=cmd_paint)
@@ -411,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("interpolate", help="a strip of images between two classes (class-embedding mix)")
     sp.add_argument("--from", dest="from_label", required=True, help="class at the left end (number or name)")
     sp.add_argument("--to", dest="to_label", required=True, help="class at the right end (number or name)")
-    sp.add_argument("--steps", type=int, default=5, help="images in the strip")
+    sp.add_argument("--steps", type=positive, default=5, help="images in the strip")
     sp.add_argument("--out", default="interpolate.png")
-    sp.add_argument("--zoom", type=int, default=4, help="upscaling of the strip")
+    sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the strip")
     add_models(sp)
     add_sampling(sp)
     sp.set_defaults(func=cmd_interpolate)
@@ -421,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("enrich", help="add detail to a blurry image (null class, block-wise regeneration)",
                         description="Writes OUT (the result) and OUT-compare.png (input | result).")
     sp.add_argument("--image", required=True)
-    sp.add_argument("--factor", type=int, default=2, help="blur factor r (must divide the token grid)")
+    sp.add_argument("--factor", type=positive, default=2, help="blur factor r (must divide the token grid)")
     sp.add_argument("--out", default="enrich.png")
-    sp.add_argument("--zoom", type=int, default=4, help="upscaling of the comparison PNG")
+    sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
     add_models(sp)
     add_sampling(sp)
     sp.set_defaults(func=cmd_enrich)
@@ -435,10 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layers", default="all", help="'all' or comma-separated blocks (0-based, e.g. 1,3)")
     sp.add_argument("--pool", default="mean,2x2", help="token poolings to choose from on the held-out split: "
                     "'mean' (the paper's, over all tokens) and/or RxR cell means, e.g. 2x2")
-    sp.add_argument("--limit", type=int, help="only the first N images of each split")
-    sp.add_argument("--batch-size", type=int, default=250)
+    sp.add_argument("--limit", type=positive, help="only the first N images of each split")
+    sp.add_argument("--batch-size", type=positive, default=250)
     sp.add_argument("--l2", default="1e-4,1e-3,1e-2", help="L2 strengths to choose from on the held-out split")
-    sp.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per fit")
+    sp.add_argument("--max-iter", type=positive, default=200, help="L-BFGS iterations per fit")
     sp.add_argument("--seed", type=int, default=0, help="seed of the 10%% held-out split")
     sp.add_argument("--json", help="also write the result as JSON here")
     sp.set_defaults(func=cmd_probe)
@@ -448,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling(sp)
     sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
     sp.add_argument("--data-dir")
-    sp.add_argument("--num-samples", type=int, default=1000)
-    sp.add_argument("--batch-size", type=int, default=100, help="samples generated per chunk")
+    sp.add_argument("--num-samples", type=positive, default=1000)
+    sp.add_argument("--batch-size", type=positive, default=100, help="samples generated per chunk")
     sp.add_argument("--classifier", help="classifier directory (default: the shipped one for fashion-mnist, "
                     "else the cache, ~/.cache/minibigr/classifiers/<dataset>/, trained there on first use)")
     sp.add_argument("--inception", help="FID Inception-v3 weights file (pt_inception-2015-12-05)")
-    sp.add_argument("--knn-cap", type=int, default=5000, help="points per set in the k-NN precision / recall")
-    sp.add_argument("--limit", type=int, help="only the first N train images as the reference")
+    sp.add_argument("--knn-cap", type=positive, default=5000, help="points per set in the k-NN precision / recall")
+    sp.add_argument("--limit", type=positive, help="only the first N train images as the reference")
     sp.add_argument("--json", help="also write the report as JSON here")
     sp.set_defaults(func=cmd_evaluate)
     return p

@@ -37,6 +37,15 @@ def test_bad_arguments_are_one_line_errors_not_tracebacks(tmp_path, capsys):
         build_parser().parse_args(["train-tokenizer", "--dataset", "mnist"])
 
 
+@pytest.mark.parametrize("argv", [["evaluate", "--num-samples", "-5"], ["sample", "--per-class", "0"],
+                                  ["train", "--codes", "c", "--batch-size", "0"], ["probe", "--max-iter", "-1"]])
+def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    assert f"argument {argv[-2]}: must be at least 1, got {argv[-1]}" in capsys.readouterr().err
+
+
 def test_import_is_light_and_never_touches_the_reference():
     code = ("import sys, minibigr; from minibigr import BiGR, BinaryAutoencoder, BiGRPipeline, transcoder, sampler; "
             "import json; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))")
