@@ -101,8 +101,8 @@ def enrich(pipe: BiGRPipeline, images: torch.Tensor, r: int = 2, groups: int = 4
     images = images.to(pipe.device)
     B, _, H, W = images.shape
     h, w = pipe.tokenizer.grid_size
-    if h % r or w % r:
-        raise ValueError(f"enrichment factor r={r} must divide the {h}x{w} token grid")
+    if r < 1 or h % r or w % r:
+        raise ValueError(f"enrichment factor r={r} must be a positive divisor of the {h}x{w} token grid")
     blurry = F.interpolate(F.interpolate(images, scale_factor=1 / r, mode="area"), size=(H, W), mode="bilinear",
                            align_corners=False).clamp(0, 1)
     tokens = pipe.encode(blurry)

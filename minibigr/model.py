@@ -249,6 +249,8 @@ class BiGR(Checkpointed, nn.Module):
         """
         s = self.config.sampling.replace(**overrides)
         labels, tokens = self._check_generate(labels, tokens, given)
+        if class_mix is not None:                        # (labels2, alpha): labels2 checked as labels are
+            class_mix = (self._check_labels(class_mix[0], len(labels)), *class_mix[1:])
         B, guided = len(labels), s.cfg != 1.0
         if B == 0:                                       # an empty batch: nothing to sample
             return tokens

@@ -92,8 +92,9 @@ def test_enrich_regenerates_every_token_once_per_group(pipe, monkeypatch):
     assert len(regenerated) == 4
     assert torch.equal(torch.stack(regenerated).sum(0), torch.ones(2, 64, dtype=torch.long))
     assert all(int(r[0].view(8, 8)[:2, :2].sum()) == 1 for r in regenerated)    # one place of each 2x2 block
-    with pytest.raises(ValueError, match="divide"):
-        apps.enrich(pipe, x, r=3)
+    for r in (3, 0):
+        with pytest.raises(ValueError, match=f"r={r} must be a positive divisor of the 8x8 token grid"):
+            apps.enrich(pipe, x, r=r)
 
 
 def test_mask_shape_errors(pipe):

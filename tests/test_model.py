@@ -618,6 +618,10 @@ def test_generate_class_mix_endpoints():
     other = model.generate(y2, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(model.generate(y1, class_mix=(y2, 0.0), generator=torch.Generator().manual_seed(3), **kw),
                        other)
+    with pytest.raises(ValueError, match=rf"labels must be in 0..{model.null_class}"):
+        model.generate(y1, class_mix=(torch.tensor([3, model.null_class + 1]), 0.5), **kw)
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(2,\)"):
+        model.generate(y1, class_mix=(torch.tensor([3]), 0.5), **kw)
 
 
 # ----------------------------------------------------------------------------------------------
