@@ -786,7 +786,8 @@ def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
 
 
 def untimed_note(names: list[str]) -> str:
-    return (f"; the wall-clock of {', '.join(names)}: its last invocation only, as rounds were not timed yet"
+    whose = "its" if len(names) == 1 else "their"
+    return (f"; the wall-clock of {', '.join(names)}: {whose} last invocation only, as rounds were not timed yet"
             if names else "")
 
 
