@@ -248,9 +248,7 @@ class BiGR(Checkpointed, nn.Module):
         mask)`` sees the tokens and the still-masked positions after every step.
         """
         s = self.config.sampling.replace(**overrides)
-        labels, tokens = self._check_generate(labels, tokens, given)
-        if class_mix is not None:                        # (labels2, alpha): labels2 checked as labels are
-            class_mix = (self._check_labels(class_mix[0], len(labels)), *class_mix[1:])
+        labels, tokens, class_mix = self._check_generate(labels, tokens, given, class_mix)
         B, guided = len(labels), s.cfg != 1.0
         if B == 0:                                       # an empty batch: nothing to sample
             return tokens
@@ -278,8 +276,9 @@ class BiGR(Checkpointed, nn.Module):
             # reveal the most certain tokens first, over num_iter steps
             return sample_tokens(predict, tokens, given, s, generator=generator, callback=callback)
 
-    def _check_generate(self, labels, tokens, given) -> tuple[torch.Tensor, torch.Tensor]:
-        """generate's inputs checked: (labels (B,) int64, tokens (B, N, K) in the model's dtype)."""
+    def _check_generate(self, labels, tokens, given, class_mix) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+        """generate's inputs checked: (labels (B,) int64, tokens (B, N, K) in the model's dtype, class_mix with its
+        labels2 checked as labels are)."""
         B = labels.shape[0] if torch.is_tensor(labels) and labels.ndim else 0
         labels = self._check_labels(labels, B)
         N, K, dtype = self.config.num_tokens, self.config.K, self.backbone.tok_embeddings.weight.dtype
@@ -291,7 +290,9 @@ class BiGR(Checkpointed, nn.Module):
             raise ValueError(f"tokens have batch {tokens.shape[0]}, labels {B}")
         if given is not None and (given.shape != (B, N) or given.dtype != torch.bool):
             raise ValueError(f"given must be a bool tensor of shape ({B}, {N}), got {given.dtype} {tuple(given.shape)}")
-        return labels, tokens.to(dtype)
+        if class_mix is not None:
+            class_mix = (self._check_labels(class_mix[0], B), *class_mix[1:])
+        return labels, tokens.to(dtype), class_mix
 
     # -- representations --------------------------------------------------------------------
     @torch.no_grad()
