@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from benchmarks import ablations as ab
+from benchmarks import ablations_report as report
 from minibigr.classifier import shipped_classifier_dir
 
 
@@ -69,12 +70,12 @@ def test_a_training_resumed_across_invocations_counts_the_time_of_all_its_rounds
                                                                        "seconds": 150.0}]
     resumed = {"objective": "x0", "unconditional": False, "history": rounds, "cpu_seconds": 580.0,
                "stage_cpu_seconds": 290.0, "seconds": 151.0}                   # the last run did one round
-    assert ab.stage_time(resumed) == (310.0, 580.0)
-    assert ab.stage_time({"seconds": 5.0, "stage_cpu_seconds": 12.0, "cpu_seconds": 99.0}) == (5.0, 12.0)  # an eval
-    assert ab.untimed_trainings([resumed]) == []
+    assert report.stage_time(resumed) == (310.0, 580.0)
+    assert report.stage_time({"seconds": 5.0, "stage_cpu_seconds": 12.0, "cpu_seconds": 99.0}) == (5.0, 12.0)  # an eval
+    assert report.untimed_trainings([resumed]) == []
     old = {**resumed, "history": [{"step": 500, "cpu_seconds": 300.0}, *rounds[1:]], "unconditional": True}
-    assert ab.untimed_trainings([resumed, old]) == ["x0 (unconditional)"]
-    assert ab.stage_time(old) == (151.0, 580.0)
+    assert report.untimed_trainings([resumed, old]) == ["x0 (unconditional)"]
+    assert report.stage_time(old) == (151.0, 580.0)
 
 
 def test_stage_seconds_exclude_the_stages_they_trigger(tmp_path):
@@ -201,6 +202,18 @@ def test_heldout_loss_is_the_same_at_every_call_and_covers_the_schedule():
     assert seen[:4] == [mask_count(s, 16) for s in (2, 6, 10, 14)]        # s = (j + 1/2) N / 4 for j = 0..3
 
 
+def test_two_settings_are_ranked_apart_only_when_their_means_differ_by_more_than_either_range():
+    def fd(mean, low, high):
+        return {"fd": mean, "fd_range": [low, high]}
+
+    res = {"a": fd(1.0, 0.9, 1.1), "b": fd(1.15, 1.1, 1.2), "c": fd(1.5, 1.45, 1.55)}
+    assert report.ranking(res, ["c", "b", "a", "absent"]) == "a ≈ b < c"     # a-b: 0.15 inside a's range of 0.2
+    assert report.verdict(res, "a", "b") == "not resolved (within the seeds' ranges)"
+    assert report.verdict(res, "c", "a") == "reversed"
+    assert report.verdict({"x": fd(1.0, 0.99, 1.01), "y": fd(1.1, 1.09, 1.11)}, "x", "y") == "holds"
+    assert report.paper_ranking({"random": 7.12, "entropy": 3.17, "raster-1": 4.51}) == "entropy < raster-1 < random"
+
+
 def test_unknown_stage_is_refused(capsys):
     with pytest.raises(SystemExit):
         ab.parse_args(["--out", "x", "--only", "order,speed"])
@@ -268,7 +281,7 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "docs").mkdir()
     meta = ab.report_meta(lab, "python benchmarks/ablations.py --out x", 12.0)
-    written = ab.write_report(summary, meta, lab.out, publish=True, repo=tmp_path)
+    written = report.write_report(summary, meta, lab.out, publish=True, repo=tmp_path)
     md = (lab.out / "ablations.md").read_text()
     for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
         assert header in md
@@ -309,7 +322,7 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
     summary = ab.run_ablations(lab, only=())
     assert "probe" not in summary and "random" not in summary["order"] and "x0" not in summary["objective"]
     assert [r["sampling"]["num_iter"] for r in summary["time"]] == [10]     # only the reference cell is there
-    written = ab.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
+    written = report.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
     md = (tmp_path / "ablations.md").read_text()
     assert "## (d)" not in md and "| random |" not in md and "| x0 |" not in md
     assert f"`{random}`" in md and "`train-x0`" in md and "`probe-flip`" in md and "`probe-pixels`" in md

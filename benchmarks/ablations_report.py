@@ -1,0 +1,397 @@
+"""The ablation study's report: Markdown tables, the paper's numbers beside ours, verdicts and plots, all from the
+stored results of benchmarks/ablations.py (which runs the study).
+
+Two settings are ranked apart ("<") only when their means differ by more than either one's range over sampling
+seeds, otherwise "≈"; a paper's claim is called the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# docs/method.md §8: BiGR-L, ImageNet 256x256, shorter training; FID-50k, seconds per image, linear-probe top-1 (%)
+# (their raster took 8.8 s against 0.69 s, about 256 / 20 network passes: one token per step, our raster-1)
+PAPER = {
+    "order": {"entropy": 3.17, "random": 7.12, "raster-1": 4.51},
+    "order_seconds": {"entropy": 0.69, "raster-1": 8.8},
+    "objective": {"flip": 3.17, "x0": 4.39, "direct": 5.84},
+    "bits": {"bernoulli": 3.17, "deterministic": 3.19},
+    "probe": {"flip": 67.5, "unconditional": 68.3},
+}
+
+# the probed models of the study, as the report names them
+PROBE_LABELS = {"flip": "conditional (flip model of (b))", "unconditional": "unconditional (every label null)",
+                "shipped": "reference model (conditional)"}
+
+def _num(x, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _spread(r: dict, metric: str = "fd") -> str:
+    """'mean (min–max)' over the sampling seeds."""
+    low, high = r[f"{metric}_range"]
+    return f"{r[metric]:.2f} ({low:.2f}–{high:.2f})"
+
+
+def quality_cells(r: dict) -> list[str]:
+    """FD mean (range over seeds), class accuracy, precision, recall, CPU seconds per image of one setting."""
+    return [_spread(r), _pct(r["class_accuracy"]), _num(r["precision"]), _num(r["recall"]),
+            _num(r["cpu_seconds_per_image"], ".3f")]
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def apart(a: dict, b: dict, metric: str = "fd") -> bool:
+    """Whether two settings' means differ by more than either one's range over seeds."""
+    width = max(hi - lo for lo, hi in (a[f"{metric}_range"], b[f"{metric}_range"]))
+    return abs(a[metric] - b[metric]) > width
+
+
+def ranking(results: dict, keys) -> str:
+    """'a < b ≈ c' by mean FD (lower first) over the keys present; '<' only between neighbours that are apart."""
+    ranked = sorted((k for k in keys if k in results), key=lambda k: results[k]["fd"])
+    if not ranked:
+        return "—"
+    text = ranked[0]
+    for prev, key in zip(ranked, ranked[1:], strict=False):
+        text += f" {'<' if apart(results[prev], results[key]) else '≈'} {key}"
+    return text
+
+
+def paper_ranking(scores: dict) -> str:
+    return " < ".join(sorted(scores, key=scores.get))
+
+
+def verdict(results: dict, better: str, worse: str) -> str:
+    """Does ``better`` beat ``worse`` on FD here: 'holds', 'reversed' or 'not resolved (within the seeds' ranges)'."""
+    a, b = results[better], results[worse]
+    if not apart(a, b):
+        return "not resolved (within the seeds' ranges)"
+    return "holds" if a["fd"] < b["fd"] else "reversed"
+
+
+QUALITY = ["FD ↓ mean (range)", "class acc.", "precision", "recall", "CPU s / image"]
+
+
+def claims_section(summary: dict) -> list[str]:
+    """The paper's claims, each with what the numbers here say."""
+    rows = []
+    for stage, better, worse, claim in (("order", "entropy", "raster-1", "entropy order beats raster (one per step)"),
+                                        ("order", "entropy", "random", "entropy order beats random order"),
+                                        ("order", "raster-1", "random", "raster (one per step) beats random"),
+                                        ("objective", "flip", "x0", "flip objective beats x0"),
+                                        ("objective", "x0", "direct", "x0 objective beats direct"),
+                                        ("objective", "flip", "direct", "flip objective beats direct")):
+        res = summary.get(stage, {})
+        if better in res and worse in res:
+            rows.append([claim, f"{res[better]['fd']:.2f} vs {res[worse]['fd']:.2f}", verdict(res, better, worse)])
+    bits = summary.get("bits", {})
+    if "bernoulli" in bits and "deterministic" in bits:
+        same = not apart(bits["bernoulli"], bits["deterministic"])
+        rows.append(["final bits: Bernoulli ≈ deterministic (3.17 vs 3.19)",
+                     f"{bits['bernoulli']['fd']:.2f} vs {bits['deterministic']['fd']:.2f}",
+                     "holds (within the seeds' ranges)" if same else "differ here"])
+    probe = summary.get("probe", {})
+    if "flip" in probe and "unconditional" in probe:
+        gap = 100 * (probe["unconditional"]["test"]["top1"] - probe["flip"]["test"]["top1"])
+        rows.append(["unconditional training probes no worse (+0.8 points)", f"{gap:+.1f} points",
+                     "holds" if gap >= 0 else "reversed (one training per arm: no spread)"])
+    if not rows:
+        return []
+    return ["## Which of the paper's claims hold here", "",
+            *table(["paper's claim", "here (FD means; probe: test top-1)", "verdict"], rows), "",
+            "A claim is called only when the two means differ by more than the range over sampling seeds of either.",
+            ""]
+
+
+def order_section(res: dict) -> list[str]:
+    rows = [[f"**{o}**" if o == "entropy" else o, *quality_cells(res[o]), _num(PAPER["order"].get(o)),
+             _num(PAPER["order_seconds"].get(o))] for o in res]
+    return ["## (a) Sampling order (reference model)", "",
+            *table(["order", *QUALITY, "paper FID", "paper s / image"], rows), "",
+            f"Ranking by FD here: {ranking(res, res)}; over the orders the paper reports: "
+            f"{ranking(res, PAPER['order'])} (paper: {paper_ranking(PAPER['order'])}). raster-1 reveals one "
+            "token per step (I = N, linear schedule) as the paper's raster does; the others share the reference "
+            "schedule.", ""]
+
+
+def objective_section(res: dict) -> list[str]:
+    rows = [[o, *quality_cells(res[o]), str(res[o]["train"]["best_step"]), str(res[o]["train"]["stopped_at"]),
+             _num(res[o]["train"]["heldout_loss"], ".4f"), _num(res[o]["train"]["heldout_bce"], ".4f"),
+             _num(res[o]["train"]["cpu_seconds"] / 60, ".0f"), _num(PAPER["objective"][o])]
+            for o in res]
+    return ["## (b) Transcoder objective (tiny-32 from scratch, each until its held-out loss stopped improving)", "",
+            *table(["objective", *QUALITY, "best step", "stopped at", "held-out loss", "held-out BCE",
+                    "train CPU min", "paper FID"], rows), "",
+            f"Ranking by FD here: {ranking(res, res)} (paper: {paper_ranking(PAPER['objective'])}). "
+            "Each objective trains with the authors' weighting (flip: weighted BCE; x0: plain BCE; direct: weighted "
+            "BCE), so the held-out losses do not compare across objectives; the held-out BCE (plain BCE of the "
+            "implied z_0 probabilities) does. The best step's EMA model is the one sampled.", ""]
+
+
+def bits_section(res: dict) -> list[str]:
+    rows = [[k, *quality_cells(res[k]), _num(PAPER["bits"][k])] for k in ("bernoulli", "deterministic") if k in res]
+    return ["## (c) Final bits: Bernoulli draw vs threshold (reference model)", "",
+            *table(["final bits", *QUALITY, "paper FID"], rows), ""]
+
+
+def probe_section(res: dict, s: dict) -> list[str]:
+    rows = []
+    for name, label in PROBE_LABELS.items():
+        if name in res:
+            r = res[name]
+            rows.append([label, str(r["layer"]), _pct(r["heldout"][str(r["layer"])]), _pct(r["test"]["top1"]),
+                         _pct(r["test"]["top5"]), _num(PAPER["probe"].get(name), ".1f")])
+    if "pixels" in res:
+        p = res["pixels"]
+        rows.append(["raw pixels (same classifier)", "—", _pct(p["heldout"]["pixels"]), _pct(p["test"]["top1"]),
+                     _pct(p["test"]["top5"]), "—"])
+    lines = ["## (d) Linear probe: conditional vs unconditional training", "",
+             *table(["features", "block", "held-out top-1", "test top-1", "test top-5", "paper top-1"], rows), "",
+             f"Frozen features (null class, unmasked tokens, mean over tokens) of the first {s['probe_train']} train "
+             f"and {s['probe_test']} test images; block and L2 strength chosen on a held-out 10% of those train "
+             "images, the test images scored once.", ""]
+    if "flip" in res and "unconditional" in res:
+        gap = 100 * (res["unconditional"]["test"]["top1"] - res["flip"]["test"]["top1"])
+        lines += [f"Unconditional minus conditional test top-1 here: {gap:+.1f} points (paper: +0.8).", ""]
+    return lines
+
+
+def time_section(res: list[dict], image_prefix: str) -> list[str]:
+    iters = sorted({r["sampling"]["num_iter"] for r in res})
+    steps = sorted({r["sampling"]["diffusion_steps"] for r in res})
+    cell = {(r["sampling"]["num_iter"], r["sampling"]["diffusion_steps"]): r for r in res}
+    rows = [[f"I = {i}", *(f"{_spread(cell[i, s])}, {cell[i, s]['cpu_seconds_per_image']:.3f} s"
+                           if (i, s) in cell else "—" for s in steps)] for i in iters]
+    return ["## (e) FD vs time: sampling iterations I x diffusion steps S (reference model; paper's Figure 3)", "",
+            *table(["FD mean (range), CPU s / image", *(f"S = {s}" for s in steps)], rows), "",
+            f"![FD vs seconds per image]({image_prefix}ablations_time.png)", ""]
+
+
+def fd_best(res: list[dict]) -> dict:
+    return min(res, key=lambda r: r["fd"])
+
+
+def temperature(r: dict) -> float:
+    """A guidance point's Gumbel temperature; the random order is its infinite limit."""
+    return math.inf if r["sampling"]["order"] == "random" else r["sampling"]["gumbel"]
+
+
+def temperature_label(g: float) -> str:
+    return "∞ (random order)" if g == math.inf else f"{g:g}"
+
+
+def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
+    best = fd_best(res)
+    rows = [[f"**{r['sampling']['cfg']:g}**" if r is best else f"{r['sampling']['cfg']:g}",
+             temperature_label(temperature(r)), *quality_cells(r)]
+            for r in sorted(res, key=lambda r: (temperature(r), r["sampling"]["cfg"]))]
+    tied = [r for r in res if r is not best and not apart(r, best)]
+    ref = best["reference"]
+    return ["## (f) Guidance: CFG scale x Gumbel temperature (reference model; the paper's CFG figure)", "",
+            *table(["CFG", "Gumbel", *QUALITY], rows), "",
+            f"FD-best: CFG {best['sampling']['cfg']:g}, Gumbel {temperature_label(temperature(best))} (FD "
+            f"{_spread(best)}); {len(tied)} other point(s) within its seeds' ranges. Real test images against the "
+            f"train images: precision {ref['precision']:.2f}, recall {ref['recall']:.2f}, class accuracy "
+            f"{_pct(ref['class_accuracy_test'])}.", "",
+            f"![FD, precision and recall against CFG]({image_prefix}ablations_guidance.png)", ""]
+
+
+def untimed_note(names: list[str]) -> str:
+    whose = "its" if len(names) == 1 else "their"
+    return (f"; the wall-clock of {', '.join(names)}: {whose} last invocation only, as rounds were not timed yet"
+            if names else "")
+
+
+def last_invocation(minutes: float) -> str:
+    return ("the last invocation only read stored results" if minutes < 1
+            else f"the last invocation took {minutes:.0f} min")
+
+
+def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
+    """The whole report; ``image_prefix`` is where the PNGs are relative to the Markdown file."""
+    s = meta["settings"]
+    lines = ["# Ablations on Fashion-MNIST (docs/method.md §8)", "",
+             f"`{meta['command']}`: every sampling setting scored on {s['num_samples']} class-balanced samples for "
+             f"each of {s['seeds']} sampling seeds ({s['seed']}, {s['seed'] + 1}, ...), {s['precision']} sampling; "
+             f"reference model: {s['model'] or 'the shipped one'}, sampled with its settings "
+             f"({meta['sampling_line']}) unless a table varies one; from-scratch models: tiny-32 at batch "
+             f"{s['batch_size']}, AdamW lr {s['lr']:g} (warmup {s['warmup']}, then constant), EMA {s['ema']}, seed "
+             f"{s['seed']}, on the shipped tokenizer's codes less the last {s['heldout']} train images, which give "
+             f"the held-out loss every {s['eval_every']} steps (stop after {s['patience']} evaluations without a new "
+             f"best, at most {s['max_steps']} steps). {meta['machine']}; {meta['cpu_minutes']:.0f} min of process "
+             f"CPU time and {meta['compute_minutes']:.0f} min wall-clock summed over all stages (a training resumed "
+             f"across invocations counts all its rounds{untimed_note(meta.get('untimed', []))}; "
+             f"{last_invocation(meta['wall_minutes'])}).", "",
+             "FD: Fréchet distance to the train images in the features of the project's Fashion-MNIST CNN (lower is "
+             f"better; {s['num_samples']} real test images score {_num(meta.get('real_fd'))} at the same count: "
+             "the floor), mean over seeds with the range (min–max). Class accuracy: the CNN's prediction equals the "
+             "asked-for class. Precision / recall: k-NN manifolds (k = 3). CPU s / image: sampling + decoding, "
+             "process CPU time. The paper's numbers are FID-50k of BiGR-L on ImageNet 256×256: compare rankings, "
+             "not values.", ""]
+    if meta.get("missing"):
+        lines += [f"Not yet scored, so left out ({len(meta['missing'])}; the first absent result of each): "
+                  + ", ".join(f"`{name}`" for name in meta["missing"]) + ".", ""]
+    lines += claims_section(summary)
+    sections = {"order": order_section, "objective": objective_section, "bits": bits_section}
+    for name, section in sections.items():
+        if name in summary:
+            lines += section(summary[name])
+    if "probe" in summary:
+        lines += probe_section(summary["probe"], s)
+    if "time" in summary:
+        lines += time_section(summary["time"], image_prefix)
+    if "guidance" in summary:
+        lines += guidance_section(summary["guidance"], image_prefix)
+    if any(k in summary for k in ("order", "objective", "bits", "probe")):
+        lines += [f"![FD per ablation]({image_prefix}ablations_bars.png)", ""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _error(results: list[dict], metric: str = "fd") -> list[list[float]]:
+    """matplotlib's yerr: the distance from each mean down to the seeds' min and up to their max."""
+    return [[r[metric] - r[f"{metric}_range"][0] for r in results],
+            [r[f"{metric}_range"][1] - r[metric] for r in results]]
+
+
+def plot_time(results: list[dict], path: Path) -> None:
+    """FD (mean, bars: range over seeds) against CPU seconds per image, one line per S, points labelled by I. The
+    FD axis starts at 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in sorted({r["sampling"]["diffusion_steps"] for r in results}):
+        line = sorted((r for r in results if r["sampling"]["diffusion_steps"] == s),
+                      key=lambda r: r["cpu_seconds_per_image"])
+        ax.errorbar([r["cpu_seconds_per_image"] for r in line], [r["fd"] for r in line], yerr=_error(line),
+                    fmt="o-", capsize=3, label=f"S = {s}")
+        for r in line:
+            ax.annotate(f"I={r['sampling']['num_iter']}", (r["cpu_seconds_per_image"], r["fd"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_ylim(0, 1.15 * max(r["fd_range"][1] for r in results))
+    ax.set_xlabel("CPU seconds per image")
+    ax.set_ylabel("FD (own-classifier features)")
+    ax.set_title("FD vs sampling time (reference model)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_guidance(results: list[dict], path: Path) -> None:
+    """FD, precision and recall (means, bars: range over seeds) against the CFG scale, one line per Gumbel
+    temperature (the random order as infinite); real test images' precision and recall dashed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, metric, label in zip(axes, ("fd", "precision", "recall"), ("FD ↓", "precision", "recall"), strict=True):
+        for g in sorted({temperature(r) for r in results}):
+            line = sorted((r for r in results if temperature(r) == g), key=lambda r: r["sampling"]["cfg"])
+            ax.errorbar([r["sampling"]["cfg"] for r in line], [r[metric] for r in line], yerr=_error(line, metric),
+                        fmt="o-", capsize=3, label=f"Gumbel {temperature_label(g)}")
+        if metric != "fd":
+            ax.axhline(results[0]["reference"][metric], color="gray", ls="--", label="real test images")
+        ax.set_xlabel("CFG scale")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(bottom=0)
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(summary: dict, path: Path) -> None:
+    """One panel per ablation: our FD (mean, bars: range over seeds; probe: test top-1) as bars, the paper's number
+    written above each."""
+    panels = []
+    for stage, title in (("order", "sampling order"), ("objective", "transcoder objective"), ("bits", "final bits")):
+        if stage in summary:
+            res = summary[stage]
+            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD", _error(list(res.values()))))
+    if "probe" in summary:
+        names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
+        panels.append(("linear probe", {names[k]: 100 * v["test"]["top1"] for k, v in summary["probe"].items()},
+                       {names[k]: v for k, v in PAPER["probe"].items()}, "test top-1 (%)", None))
+    if not panels:
+        return
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, ours, paper, ylabel, yerr) in zip(axes[0], panels, strict=True):
+        bars = ax.bar(list(ours), list(ours.values()), yerr=yerr, capsize=3, color="tab:blue")
+        for bar, key in zip(bars, ours, strict=True):
+            text = f"{bar.get_height():.3g}" + (f"\npaper {paper[key]:g}" if key in paper else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, textcoords="offset points", xytext=(0, 2))
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.3 * max(ours.values()))
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, repo: Path = REPO) -> list[Path]:
+    """<out>/ablations.md, the PNGs and summary.json; with ``publish`` also benchmarks/ablations.md and docs/*.png.
+    Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "ablations.md"]
+    written[0].write_text(report_markdown(summary, meta))
+    if "time" in summary:
+        plot_time(summary["time"], out / "ablations_time.png")
+        written.append(out / "ablations_time.png")
+    if "guidance" in summary:
+        plot_guidance(summary["guidance"], out / "ablations_guidance.png")
+        written.append(out / "ablations_guidance.png")
+    if any(k in summary for k in ("order", "objective", "bits", "probe")):
+        plot_bars(summary, out / "ablations_bars.png")
+        written.append(out / "ablations_bars.png")
+    (out / "summary.json").write_text(json.dumps({"meta": meta, **summary}, indent=2))
+    if publish:
+        (repo / "benchmarks" / "ablations.md").write_text(report_markdown(summary, meta, image_prefix="../docs/"))
+        published = [repo / "benchmarks" / "ablations.md"]
+        for png in written[1:]:
+            shutil.copyfile(png, repo / "docs" / png.name)
+            published.append(repo / "docs" / png.name)
+        written += published
+    return written
+
+
+def stage_time(result: dict) -> tuple[float, float]:
+    """A result's own (wall, process CPU) seconds. A training counts its rounds itself, which a resumed one needs
+    (the stage's clocks saw only the last invocation); the larger of the two, since a training done in one
+    invocation also spent time outside its rounds (building the model). Any other stage has its stage's."""
+    wall, cpu = result.get("seconds", 0.0), result.get("stage_cpu_seconds", 0.0)
+    if "history" in result:
+        rounds = result["history"]
+        wall = max(wall, sum(r.get("seconds", 0.0) for r in rounds))
+        cpu = max(cpu, sum(r["cpu_seconds"] for r in rounds))
+    return wall, cpu
+
+
+def untimed_trainings(results: list[dict]) -> list[str]:
+    """The trainings with rounds logged before rounds were timed: their wall-clock is their last invocation's."""
+    return [r["objective"] + (" (unconditional)" if r["unconditional"] else "") for r in results
+            if "history" in r and any("seconds" not in row for row in r["history"])]
+
+
