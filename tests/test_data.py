@@ -28,7 +28,7 @@ def env(tmp_path, monkeypatch):
     """No $MINIBIGR_DATA, a private cache, no system copy and download URLs that lead nowhere."""
     monkeypatch.delenv("MINIBIGR_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data.files, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("MINIBIGR_FASHION_MNIST_URL", (tmp_path / "no-server").as_uri())
     monkeypatch.setenv("MINIBIGR_CIFAR10_URL", (tmp_path / "no-server").as_uri())
     return tmp_path
@@ -192,7 +192,7 @@ def test_fashion_mnist_is_read_and_padded(env):
 @pytest.mark.skipif(not SYSTEM_FASHION.is_dir(),
                     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist(env, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", SYSTEM_FASHION)
+    monkeypatch.setattr(data.files, "FASHION_MNIST_SYSTEM_DIR", SYSTEM_FASHION)
     for split, n in (("train", 60000), ("test", 10000)):
         ds = load_dataset("fashion-mnist", split, download=False)
         assert ds.source == SYSTEM_FASHION
