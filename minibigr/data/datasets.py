@@ -77,6 +77,7 @@ class ArrayDataset(Dataset):
 
 
 def split_name(split: str) -> str:
+    """"train" or "test" ("val" / "validation" are the test split)."""
     if split in ("train", "test"):
         return split
     if split in ("val", "validation"):
@@ -85,6 +86,7 @@ def split_name(split: str) -> str:
 
 
 def check_labels(labels: np.ndarray, n: int, low: int, high: int, path: Path) -> None:
+    """Raise CorruptDataset naming ``path`` unless labels are n integers in low..high."""
     well_formed = labels.shape == (n,) and labels.dtype.kind in "iu"
     if not well_formed or (n and not low <= labels.min() <= labels.max() <= high):
         raise CorruptDataset(f"{path}: labels must be {n} integers in {low}..{high}, "

@@ -90,15 +90,18 @@ def download(url: str, dest: str | os.PathLike, sha256: str) -> Path:
 
 
 def base_url(env: str, default: str) -> str:
+    """The download URL: $env if set, else default; with a trailing slash."""
     url = os.environ.get(env) or default
     return url if url.endswith("/") else url + "/"
 
 
 def first_dir_with(dirs: list[Path], names: Sequence[str]) -> Path | None:
+    """The first of dirs that holds every one of names."""
     return next((d for d in dirs if all((d / name).is_file() for name in names)), None)
 
 
 def looked_in(dirs: list[Path]) -> str:
+    """Where we looked, for an error message."""
     return "looked in: " + ", ".join(str(d) for d in dirs)
 
 
@@ -116,6 +119,7 @@ def fetch(files: Sequence[str], base_url: str, target: Path, allowed: bool, help
 
 
 def check_sha256(path: Path) -> None:
+    """Raise CorruptDataset unless the file's SHA-256 is the published one (SHA256[path.name])."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
