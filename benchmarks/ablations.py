@@ -89,7 +89,7 @@ METRICS = ("fd", "class_accuracy", "precision", "recall", "cpu_seconds_per_image
 OBJECTIVES = ("flip", "x0", "direct")
 # from-scratch models: name -> (transcoder objective, unconditional training)
 TRAINED = {"flip": ("flip", False), "x0": ("x0", False), "direct": ("direct", False), "unconditional": ("flip", True)}
-PROBED = ("flip", "unconditional", "shipped")     # conditional vs unconditional training, and the reference model
+PROBED = ("shipped", "flip", "unconditional")     # the reference model; conditional vs unconditional training
 
 
 
@@ -543,9 +543,10 @@ def ablate_bits(lab: Lab) -> dict:
 
 
 def ablate_probe(lab: Lab) -> dict:
+    pixels = lab.optional(lab.pixel_probe)       # the probes of what is at hand first; PROBED ends with a training
     out = {name: lab.optional(lambda n=name: {**lab.probe(n), **({"train": lab.train_info(n)} if n in TRAINED else {})})
            for name in PROBED}
-    return complete({**out, "pixels": lab.optional(lab.pixel_probe)})
+    return complete({**out, "pixels": pixels})
 
 
 def guidance_points(s: Settings, order: str) -> list[dict]:
