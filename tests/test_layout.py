@@ -1,7 +1,8 @@
 """The package's imports point one way: cores -> model -> pipeline -> apps / training / evaluation -> cli.
 
-Every module of minibigr/ has a layer below; a module may import only from lower layers, sibling imports sit
-at the top of the file (never inside a function), and nothing imports the reference implementation.
+Every module of minibigr/ (a file, or a sub-package with all its files) has a layer below; a module may import
+only from lower layers, sibling imports sit at the top of the file (never inside a function), and nothing imports
+the reference implementation.
 """
 
 import ast
@@ -26,12 +27,14 @@ LAYERS = {
 
 
 def sibling_imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported sibling module, whether the import is at the top level) for every import in the file."""
+    """(imported sibling module, whether the import is at the top level) for every import in the file. In a
+    sub-package, ``from .x`` is the package's own file, ``from ..x`` a sibling."""
+    sibling_level = len(path.relative_to(PACKAGE).parts)
     tree = ast.parse(path.read_text())
     top = {id(node) for node in tree.body}
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == sibling_level:
             names = [node.module] if node.module else [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minibigr."):
             names = [node.module.split(".")[1]]
@@ -43,24 +46,30 @@ def sibling_imports(path: Path) -> list[tuple[str, bool]]:
     return found
 
 
-def modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+def modules() -> dict[str, list[Path]]:
+    """{module: its files}: each file of minibigr/, and each sub-package with all of its files."""
+    found = {p.stem: [p] for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    return found | {init.parent.name: sorted(init.parent.glob("*.py")) for init in PACKAGE.glob("*/__init__.py")}
+
+
+def imports(name: str) -> list[tuple[str, bool]]:
+    return [found for path in modules()[name] for found in sibling_imports(path) if found[0] != name]
 
 
 def test_every_module_has_a_layer():
-    assert {p.stem for p in modules()} == set(LAYERS)
+    assert set(modules()) == set(LAYERS)
 
 
 def test_imports_point_down_the_layers_and_sit_at_the_top():
-    for path in modules():
-        for name, at_top in sibling_imports(path):
-            assert at_top, f"{path.name} imports .{name} inside a function: sibling imports go at the top"
-            assert LAYERS[name] < LAYERS[path.stem], (
-                f"{path.name} (layer {LAYERS[path.stem]}) imports {name} (layer {LAYERS[name]}): imports point down")
+    for module in modules():
+        for name, at_top in imports(module):
+            assert at_top, f"{module} imports .{name} inside a function: sibling imports go at the top"
+            assert LAYERS[name] < LAYERS[module], (
+                f"{module} (layer {LAYERS[module]}) imports {name} (layer {LAYERS[name]}): imports point down")
 
 
 def test_no_import_cycle_and_no_reference():
-    graph = {p.stem: {name for name, _ in sibling_imports(p)} for p in modules()}
+    graph = {module: {name for name, _ in imports(module)} for module in modules()}
     done, active = set(), []
 
     def visit(node):
@@ -75,7 +84,7 @@ def test_no_import_cycle_and_no_reference():
 
     for node in graph:
         visit(node)
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
