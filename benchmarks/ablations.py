@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import minibigr  # noqa: E402
-from benchmarks.ablations_report import stage_time, untimed_trainings, write_report  # noqa: E402
+from benchmarks.ablations_report import REPO, stage_time, untimed_trainings, write_report  # noqa: E402
 from minibigr.checkpoint import atomic_write  # noqa: E402
 from minibigr.classifier import (  # noqa: E402
     Classifier,
@@ -82,7 +82,6 @@ from minibigr.probe import block_features, linear_probe, pixel_features  # noqa:
 from minibigr.sampler import BLIND_ORDERS  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("order", "objective", "bits", "probe", "guidance", "time")
 ORDERS = ("entropy", "confidence", "random", "raster", "raster-1")
 METRICS = ("fd", "class_accuracy", "precision", "recall", "cpu_seconds_per_image")

@@ -58,9 +58,10 @@ def apart(a: dict, b: dict, metric: str = "fd") -> bool:
     return abs(a[metric] - b[metric]) > width
 
 
-def ranking(results: dict, keys) -> str:
-    """'a < b ≈ c' by mean FD (lower first) over the keys present; '<' only between neighbours that are apart."""
-    ranked = sorted((k for k in keys if k in results), key=lambda k: results[k]["fd"])
+def ranking(results: dict, keys=None) -> str:
+    """'a < b ≈ c' by mean FD (lower first) over the keys present (None: all results); '<' only between neighbours
+    that are apart."""
+    ranked = sorted((k for k in (results if keys is None else keys) if k in results), key=lambda k: results[k]["fd"])
     if not ranked:
         return "—"
     text = ranked[0]
@@ -120,7 +121,7 @@ def order_section(res: dict) -> list[str]:
              _num(PAPER["order_seconds"].get(o))] for o in res]
     return ["## (a) Sampling order (reference model)", "",
             *table(["order", *QUALITY, "paper FID", "paper s / image"], rows), "",
-            f"Ranking by FD here: {ranking(res, res)}; over the orders the paper reports: "
+            f"Ranking by FD here: {ranking(res)}; over the orders the paper reports: "
             f"{ranking(res, PAPER['order'])} (paper: {paper_ranking(PAPER['order'])}). raster-1 reveals one "
             "token per step (I = N, linear schedule) as the paper's raster does; the others share the reference "
             "schedule.", ""]
@@ -134,7 +135,7 @@ def objective_section(res: dict) -> list[str]:
     return ["## (b) Transcoder objective (tiny-32 from scratch, each until its held-out loss stopped improving)", "",
             *table(["objective", *QUALITY, "best step", "stopped at", "held-out loss", "held-out BCE",
                     "train CPU min", "paper FID"], rows), "",
-            f"Ranking by FD here: {ranking(res, res)} (paper: {paper_ranking(PAPER['objective'])}). "
+            f"Ranking by FD here: {ranking(res)} (paper: {paper_ranking(PAPER['objective'])}). "
             "Each objective trains with the authors' weighting (flip: weighted BCE; x0: plain BCE; direct: weighted "
             "BCE), so the held-out losses do not compare across objectives; the held-out BCE (plain BCE of the "
             "implied z_0 probabilities) does. The best step's EMA model is the one sampled. direct predicts z_0 in one "
