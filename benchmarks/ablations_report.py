@@ -82,11 +82,24 @@ def verdict(results: dict, better: str, worse: str) -> str:
     return "holds" if a["fd"] < b["fd"] else "reversed"
 
 
+def probe_verdict(conditional: dict, unconditional: dict, n_test: int) -> tuple[float, float, str]:
+    """Unconditional minus conditional test top-1 (points), two standard errors of that difference (points) and
+    whether "unconditional training probes no worse" holds. One training per arm leaves no seed spread, so the
+    spread is the test set's: a shortfall is called only beyond two standard errors of the difference of two
+    accuracies measured on n_test images each."""
+    p, q = conditional["test"]["top1"], unconditional["test"]["top1"]
+    gap = 100 * (q - p)
+    two_se = 200 * math.sqrt((p * (1 - p) + q * (1 - q)) / n_test)
+    if gap >= 0:
+        return gap, two_se, "holds"
+    return gap, two_se, "not resolved (within two standard errors)" if -gap <= two_se else "reversed"
+
+
 QUALITY = ["FD ↓ mean (range)", "class acc.", "precision", "recall", "CPU s / image"]
 
 
-def claims_section(summary: dict) -> list[str]:
-    """The paper's claims, each with what the numbers here say."""
+def claims_section(summary: dict, n_test: int) -> list[str]:
+    """The paper's claims, each with what the numbers here say (n_test: the probe's test images)."""
     rows = []
     for stage, better, worse, claim in (("order", "entropy", "raster-1", "entropy order beats raster (one per step)"),
                                         ("order", "entropy", "random", "entropy order beats random order"),
@@ -105,14 +118,15 @@ def claims_section(summary: dict) -> list[str]:
                      "holds (within the seeds' ranges)" if same else "differ here"])
     probe = summary.get("probe", {})
     if "flip" in probe and "unconditional" in probe:
-        gap = 100 * (probe["unconditional"]["test"]["top1"] - probe["flip"]["test"]["top1"])
-        rows.append(["unconditional training probes no worse (+0.8 points)", f"{gap:+.1f} points",
-                     "holds" if gap >= 0 else "reversed (one training per arm: no spread)"])
+        gap, two_se, said = probe_verdict(probe["flip"], probe["unconditional"], n_test)
+        rows.append(["unconditional training probes no worse (+0.8 points)", f"{gap:+.1f} points (± {two_se:.1f})",
+                     said])
     if not rows:
         return []
     return ["## Which of the paper's claims hold here", "",
             *table(["paper's claim", "here (FD means; probe: test top-1)", "verdict"], rows), "",
-            "A claim is called only when the two means differ by more than the range over sampling seeds of either.",
+            "A claim is called only when the two means differ by more than the range over sampling seeds of either "
+            "(probe: by more than two standard errors over its test images).",
             ""]
 
 
@@ -165,8 +179,9 @@ def probe_section(res: dict, s: dict) -> list[str]:
              f"and {s['probe_test']} test images; block and L2 strength chosen on a held-out 10% of those train "
              "images, the test images scored once.", ""]
     if "flip" in res and "unconditional" in res:
-        gap = 100 * (res["unconditional"]["test"]["top1"] - res["flip"]["test"]["top1"])
-        lines += [f"Unconditional minus conditional test top-1 here: {gap:+.1f} points (paper: +0.8).", ""]
+        gap, two_se, said = probe_verdict(res["flip"], res["unconditional"], s["probe_test"])
+        lines += [f"Unconditional minus conditional test top-1 here: {gap:+.1f} points, two standard errors "
+                  f"± {two_se:.1f} (paper: +0.8): {said}.", ""]
     return lines
 
 
@@ -245,7 +260,7 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     if meta.get("missing"):
         lines += [f"Not yet scored, so left out ({len(meta['missing'])}; the first absent result of each): "
                   + ", ".join(f"`{name}`" for name in meta["missing"]) + ".", ""]
-    lines += claims_section(summary)
+    lines += claims_section(summary, s["probe_test"])
     sections = {"order": order_section, "objective": objective_section, "bits": bits_section}
     for name, section in sections.items():
         if name in summary:

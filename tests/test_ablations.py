@@ -214,6 +214,18 @@ def test_two_settings_are_ranked_apart_only_when_their_means_differ_by_more_than
     assert report.paper_ranking({"random": 7.12, "entropy": 3.17, "raster-1": 4.51}) == "entropy < raster-1 < random"
 
 
+def test_a_probe_shortfall_is_called_only_beyond_two_standard_errors_of_the_test_set():
+    def probe(top1):
+        return {"test": {"top1": top1}}
+
+    gap, two_se, said = report.probe_verdict(probe(0.80), probe(0.79), n_test=5000)
+    assert round(gap, 6) == -1.0 and said == "not resolved (within two standard errors)"
+    assert abs(two_se - 200 * ((0.8 * 0.2 + 0.79 * 0.21) / 5000) ** 0.5) < 1e-9      # about 1.6 points
+    assert report.probe_verdict(probe(0.80), probe(0.75), n_test=5000)[2] == "reversed"
+    assert report.probe_verdict(probe(0.80), probe(0.79), n_test=100_000)[2] == "reversed"   # same gap, more images
+    assert report.probe_verdict(probe(0.80), probe(0.80), n_test=5000)[2] == "holds"      # "no worse"
+
+
 def test_unknown_stage_is_refused(capsys):
     with pytest.raises(SystemExit):
         ab.parse_args(["--out", "x", "--only", "order,speed"])
@@ -292,7 +304,8 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert "| flip objective beats x0 | 5.00 vs 7.00 | holds |" in md
     assert "| x0 objective beats direct | 7.00 vs 6.00 | reversed |" in md
     assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 3.00 vs 3.05 | holds (within" in md
-    assert "+4.0 points (paper: +0.8)" in md
+    assert "+4.0 points, two standard errors ± 1.7 (paper: +0.8): holds." in md      # 5000 test images
+    assert "| unconditional training probes no worse (+0.8 points) | +4.0 points (± 1.7) | holds |" in md
     assert "FD-best: CFG 2, Gumbel 0.03" in md and "| **2** | 0.03 |" in md
     assert "| 1 | ∞ (random order) | 13.00 (12.90–13.10) |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
