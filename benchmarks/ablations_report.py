@@ -337,31 +337,35 @@ def plot_guidance(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_bars(summary: dict, path: Path) -> None:
-    """One panel per ablation: our FD (mean, bars: range over seeds; probe: test top-1) as bars, the paper's number
-    written above each."""
+def plot_bars(summary: dict, path: Path, n_test: int) -> None:
+    """One panel per ablation: our FD (mean, bars: range over seeds) or the probe's test top-1 (bars: one standard
+    error over its n_test images) as bars, with our number and the paper's written above each."""
     panels = []
     for stage, title in (("order", "sampling order"), ("objective", "transcoder objective"), ("bits", "final bits")):
         if stage in summary:
             res = summary[stage]
-            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD", _error(list(res.values()))))
+            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD", _error(list(res.values())),
+                           ".2f"))
     if "probe" in summary:
         names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
-        panels.append(("linear probe", {names[k]: 100 * v["test"]["top1"] for k, v in summary["probe"].items()},
-                       {names[k]: v for k, v in PAPER["probe"].items()}, "test top-1 (%)", None))
+        top1 = [v["test"]["top1"] for v in summary["probe"].values()]
+        se = [100 * math.sqrt(p * (1 - p) / n_test) for p in top1]
+        panels.append(("linear probe", {names[k]: 100 * p for k, p in zip(summary["probe"], top1, strict=True)},
+                       {names[k]: v for k, v in PAPER["probe"].items()}, "test top-1 (%)", [se, se], ".1f"))
     if not panels:
         return
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, (title, ours, paper, ylabel, yerr) in zip(axes[0], panels, strict=True):
+    for ax, (title, ours, paper, ylabel, yerr, fmt) in zip(axes[0], panels, strict=True):
         bars = ax.bar(list(ours), list(ours.values()), yerr=yerr, capsize=3, color="tab:blue")
-        for bar, key in zip(bars, ours, strict=True):
-            text = f"{bar.get_height():.3g}" + (f"\npaper {paper[key]:g}" if key in paper else "")
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+        for bar, key, up in zip(bars, ours, yerr[1], strict=True):
+            text = format(bar.get_height(), fmt) + (f"\npaper {paper[key]:g}" if key in paper else "")
+            # above the error bar's cap, not across it
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height() + up), ha="center", va="bottom",
                         fontsize=7, textcoords="offset points", xytext=(0, 2))
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.3 * max(ours.values()))
+        ax.set_ylim(0, 1.3 * max(v + up for v, up in zip(ours.values(), yerr[1], strict=True)))
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -381,7 +385,7 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
         plot_guidance(summary["guidance"], out / "ablations_guidance.png")
         written.append(out / "ablations_guidance.png")
     if any(k in summary for k in ("order", "objective", "bits", "probe")):
-        plot_bars(summary, out / "ablations_bars.png")
+        plot_bars(summary, out / "ablations_bars.png", meta["settings"]["probe_test"])
         written.append(out / "ablations_bars.png")
     (out / "summary.json").write_text(json.dumps({"meta": meta, **summary}, indent=2))
     if publish:
