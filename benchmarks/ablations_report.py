@@ -82,6 +82,11 @@ def verdict(results: dict, better: str, worse: str) -> str:
     return "holds" if a["fd"] < b["fd"] else "reversed"
 
 
+def top1_se(top1: float, n_test: int) -> float:
+    """Standard error (points) of an accuracy measured on n_test images: the probe's spread over its test set."""
+    return 100 * math.sqrt(top1 * (1 - top1) / n_test)
+
+
 def probe_verdict(conditional: dict, unconditional: dict, n_test: int) -> tuple[float, float, str]:
     """Unconditional minus conditional test top-1 (points), two standard errors of that difference (points) and
     whether "unconditional training probes no worse" holds. One training per arm leaves no seed spread, so the
@@ -89,7 +94,7 @@ def probe_verdict(conditional: dict, unconditional: dict, n_test: int) -> tuple[
     accuracies measured on n_test images each."""
     p, q = conditional["test"]["top1"], unconditional["test"]["top1"]
     gap = 100 * (q - p)
-    two_se = 200 * math.sqrt((p * (1 - p) + q * (1 - q)) / n_test)
+    two_se = 2 * math.hypot(top1_se(p, n_test), top1_se(q, n_test))
     if gap >= 0:
         return gap, two_se, "holds"
     return gap, two_se, "not resolved (within two standard errors)" if -gap <= two_se else "reversed"
@@ -349,7 +354,7 @@ def plot_bars(summary: dict, path: Path, n_test: int) -> None:
     if "probe" in summary:
         names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
         top1 = [v["test"]["top1"] for v in summary["probe"].values()]
-        se = [100 * math.sqrt(p * (1 - p) / n_test) for p in top1]
+        se = [top1_se(p, n_test) for p in top1]
         panels.append(("linear probe", {names[k]: 100 * p for k, p in zip(summary["probe"], top1, strict=True)},
                        {names[k]: v for k, v in PAPER["probe"].items()}, "test top-1 (%)", [se, se], ".1f"))
     if not panels:
