@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import apps, official
 from .classifier import load_or_train_classifier
@@ -24,7 +25,7 @@ from .config import BiGRConfig
 from .data import DATASETS, ArrayDataset, load_dataset
 from .demo import run_demo
 from .evaluate import evaluate_generator, evaluate_tokenizer
-from .images import load_image, save_image, save_image_grid, zoom
+from .images import check_image_path, load_image, save_image, save_image_grid, zoom
 from .inception import InceptionFeatures
 from .model import BiGR
 from .pipeline import BiGRPipeline, load_tokenizer
@@ -33,6 +34,9 @@ from .sampler import SamplingConfig
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
 from .train import RECIPES, bigr_settings, seeded_init, tokenizer_settings, train_bigr, train_tokenizer
 
+DEVICE_HELP = "auto (CUDA when there is one), cpu, cuda or cuda:N"
+DATA_DIR_HELP = "where the dataset's files are (also looked for: $MINIBIGR_DATA, ~/.cache/minibigr)"
+IMAGE_HELP = "input image (resized / converted to the tokenizer's)"
 # bad input (arguments, files, configs) ends in one line; anything else is a bug and keeps its traceback
 KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, official.MissingExtra)
 
@@ -54,6 +58,15 @@ def positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def image_out(text: str) -> str:
+    """argparse type of an output image: checked before any sampling starts."""
+    try:
+        check_image_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def load_pipeline(args) -> BiGRPipeline:
@@ -129,8 +142,11 @@ def cmd_sample(args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    images = pipe(torch.tensor(labels).repeat_interleave(args.per_class), generator=_generator(args),
-                  **sampling_overrides(args))
+    settings = sampling_overrides(args)
+    with tqdm(total=pipe.model.config.sampling.replace(**settings).num_iter, desc="sampling steps", leave=False,
+              dynamic_ncols=True, disable=None) as bar:
+        images = pipe(torch.tensor(labels).repeat_interleave(args.per_class), generator=_generator(args),
+                      callback=lambda step, tokens, mask: bar.update(), **settings)
     save_image_grid(images, out, nrow=args.per_class)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, images=(images.cpu().numpy() * 255).round().astype(np.uint8),
@@ -328,7 +344,7 @@ def add_models(sp):
                     help="shipped name (fashion-mnist), published name (BiGR-L-d24, ...: from the Hugging Face "
                          "Hub), or a directory holding tokenizer/ and model/ (a `minibigr train` run)")
     sp.add_argument("--tokenizer", help="the tokenizer's directory, when --model holds no tokenizer/")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,24 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", type=positive, help="global batch size")
         sp.add_argument("--lr", type=float, help="peak learning rate")
         sp.add_argument("--seed", type=int)
-        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
         sp.add_argument("--sample-every", type=positive, help="write a sample / reconstruction grid every N steps")
         sp.add_argument("--ckpt-every", type=positive, help="checkpoint every N steps")
 
     sp = sub.add_parser("train-tokenizer", help="train the binary autoencoder (B-AE)")
     common_train(sp, "runs/tokenizer")
-    sp.add_argument("--data-dir", help="where the dataset lives")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
     sp.add_argument("--disc-start", type=int, help="step at which the PatchGAN loss switches on")
     sp.set_defaults(func=cmd_train_tokenizer)
 
     sp = sub.add_parser("encode", help="encode a dataset once with a trained tokenizer (code cache)")
     sp.add_argument("--tokenizer", required=True, help="tokenizer directory or shipped name")
     sp.add_argument("--dataset", choices=sorted(RECIPES), default="fashion-mnist")
-    sp.add_argument("--split", default="train")
-    sp.add_argument("--data-dir")
-    sp.add_argument("--out", default="runs/codes")
+    sp.add_argument("--split", default="train", help="train or test")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
+    sp.add_argument("--out", default="runs/codes", help="the cache's directory")
     sp.add_argument("--batch-size", type=positive, default=256)
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.set_defaults(func=cmd_encode)
 
     sp = sub.add_parser("train", help="train BiGR on a code cache")
@@ -377,18 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sp)
     sp.add_argument("--labels", nargs="+", help="class numbers or names (default: every class), e.g. "
                     "--labels 207 'golden retriever'")
-    sp.add_argument("--per-class", type=positive, default=8)
-    sp.add_argument("--out", default="samples.png")
+    sp.add_argument("--per-class", type=positive, default=8, help="samples per class: one row of the grid each")
+    sp.add_argument("--out", type=image_out, default="samples.png",
+                    help="the grid (.png, .jpg, ...); the samples as uint8 arrays with their labels go to OUT.npz")
     add_sampling(sp)
     sp.set_defaults(func=cmd_sample)
 
     sp = sub.add_parser("eval-tokenizer", help="reconstruction PSNR and code usage of a tokenizer")
-    sp.add_argument("--tokenizer", default="fashion-mnist")
+    sp.add_argument("--tokenizer", default="fashion-mnist", help="tokenizer directory or shipped name")
     sp.add_argument("--dataset", choices=sorted(RECIPES), default="fashion-mnist")
-    sp.add_argument("--split", default="test")
-    sp.add_argument("--data-dir")
+    sp.add_argument("--split", default="test", help="train or test")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
     sp.add_argument("--limit", type=positive, help="only the first N images")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.set_defaults(func=cmd_eval_tokenizer)
 
     sp = sub.add_parser("demo", help="samples, reconstructions and a summary from the shipped model")
@@ -397,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fast", action="store_true", help="with --train: a few-minute run (rough samples)")
     sp.add_argument("--per-class", type=positive, default=8, help="samples per class in samples.png")
     sp.add_argument("--seed", type=int, default=0, help="seed of every sampling generator")
-    sp.add_argument("--data-dir")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.set_defaults(func=cmd_demo)
 
 
@@ -407,10 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("edit", "regenerate the masked (white) region as another class")):
         sp = sub.add_parser(name, help=text, description=text + ". Writes OUT (the result) and "
                             "OUT-compare.png (input | mask | result).")
-        sp.add_argument("--image", required=True, help="input image (resized / converted to the tokenizer's)")
+        sp.add_argument("--image", required=True, help=IMAGE_HELP)
         sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
         sp.add_argument("--label", required=True, help="class of the regenerated region (number or name)")
-        sp.add_argument("--out", default=f"{name}.png")
+        sp.add_argument("--out", type=image_out, default=f"{name}.png", help="the result image")
         sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
         add_models(sp)
         add_sampling(sp)
@@ -420,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="from_label", required=True, help="class at the left end (number or name)")
     sp.add_argument("--to", dest="to_label", required=True, help="class at the right end (number or name)")
     sp.add_argument("--steps", type=positive, default=5, help="images in the strip")
-    sp.add_argument("--out", default="interpolate.png")
+    sp.add_argument("--out", type=image_out, default="interpolate.png", help="the strip image")
     sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the strip")
     add_models(sp)
     add_sampling(sp)
@@ -428,9 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("enrich", help="add detail to a blurry image (null class, block-wise regeneration)",
                         description="Writes OUT (the result) and OUT-compare.png (input | result).")
-    sp.add_argument("--image", required=True)
+    sp.add_argument("--image", required=True, help=IMAGE_HELP)
     sp.add_argument("--factor", type=positive, default=2, help="blur factor r (must divide the token grid)")
-    sp.add_argument("--out", default="enrich.png")
+    sp.add_argument("--out", type=image_out, default="enrich.png", help="the result image")
     sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
     add_models(sp)
     add_sampling(sp)
@@ -439,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("probe", help="linear probe of the frozen features of each block vs raw pixels")
     add_models(sp)
     sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
-    sp.add_argument("--data-dir")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
     sp.add_argument("--layers", default="all", help="'all' or comma-separated blocks (0-based, e.g. 1,3)")
     sp.add_argument("--pool", default="mean,2x2", help="token poolings to choose from on the held-out split: "
                     "'mean' (the paper's, over all tokens) and/or RxR cell means, e.g. 2x2")
@@ -455,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sp)
     add_sampling(sp)
     sp.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
-    sp.add_argument("--data-dir")
+    sp.add_argument("--data-dir", help=DATA_DIR_HELP)
     sp.add_argument("--num-samples", type=positive, default=1000)
     sp.add_argument("--batch-size", type=positive, default=100, help="samples generated per chunk")
     sp.add_argument("--classifier", help="classifier directory (default: the shipped one for fashion-mnist, "

@@ -3,6 +3,7 @@
     save_image_grid(images, "samples.png", nrow=8)     # (B, C, H, W) in [0, 1] -> one PNG, rows of 8
     save_image(images[0], "one.png")                   # exactly H x W pixels, so it can be read back
     x = load_image("photo.jpg", channels=3, size=32)    # (1, 3, 32, 32) in [0, 1]; a note when resized
+    check_image_path("out.png")                        # before the work: an image format that can be written
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def save_image(image: torch.Tensor, path) -> None:
     from PIL import Image
 
     Image.fromarray(_to_uint8(image)).save(path)
+
+
+def check_image_path(path) -> Path:
+    """path as a Path, if its extension names an image format that can be written (.png, .jpg, ...); checked before
+    a long computation, so that it does not end in an unwritable file name."""
+    from PIL import Image
+
+    path = Path(path)
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"{str(path)!r} is not an image file name: end it in .png (or .jpg, .webp, ...)")
+    return path
 
 
 def zoom(images: torch.Tensor, factor: int) -> torch.Tensor:

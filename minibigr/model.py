@@ -25,6 +25,11 @@ from .config import BiGRConfig
 from .sampler import Callback, SamplingConfig, cfg_scale, masked_after, sample_tokens
 from .transcoder import BinaryTranscoder
 
+# generate runs the backbone on chunks of images whose hidden states (images x (1 + N) x d, both CFG halves) hold at
+# most this many numbers (128 MiB in float32; a block's peak is a few times that): any batch samples in bounded
+# memory; batches below it (1008 images of the shipped model with CFG, 63 of BiGR-L) run in one piece
+GENERATE_ELEMENTS = 2 ** 25
+
 
 # ----------------------------------------------------------------------------------------------
 # Masked modeling helpers (docs/method.md §3)
@@ -254,10 +259,9 @@ class BiGR(Checkpointed, nn.Module):
             return tokens
         bf16 = torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=s.precision == "bfloat16")
         with eval_mode(self), bf16:
-            # class embeddings of the rows; with CFG the null class's rows follow them (one batch of 2B)
+            # class embeddings of the rows, and with CFG the null class's (B, d) each
             cond = self.backbone.embed_class(labels if class_mix is None else (labels, *class_mix), B)
-            if guided:
-                cond = torch.cat([cond, self.backbone.embed_class(torch.full_like(labels, self.null_class), B)])
+            null = self.backbone.embed_class(torch.full_like(labels, self.null_class), B) if guided else None
             # tokens still masked before each step and after the last, when the host can know them (fixed-size gathers)
             counts = masked_counts(given, self.config.num_tokens, s)
 
@@ -267,14 +271,32 @@ class BiGR(Checkpointed, nn.Module):
                 count = None if counts is None else counts[i - 1] - (0 if chosen is None else counts[i])
                 if count == 0:                           # nothing to predict in any row
                     return torch.full_like(tokens, 0.5)
-                # the conditions h_i of every token, for the class and the null class in one backbone pass
-                h = self.backbone(tokens.repeat(1 + guided, 1, 1), cond, mask.repeat(1 + guided, 1))
-                # the transcoder's reverse chain for those tokens: p (B, N, K)
-                return masked_probs(self.transcoder, h, rows, count, generator, steps=s.diffusion_steps,
-                                    temperature=s.temperature, cfg=cfg_scale(s.cfg, s.cfg_schedule, i, s.num_iter))
+                # the conditions h_i of every token, then the transcoder's reverse chain for those tokens: p (B, N, K)
+                return self._token_probs(tokens, mask, rows, count, cond, null, generator, steps=s.diffusion_steps,
+                                         temperature=s.temperature, cfg=cfg_scale(s.cfg, s.cfg_schedule, i, s.num_iter))
 
             # reveal the most certain tokens first, over num_iter steps
             return sample_tokens(predict, tokens, given, s, generator=generator, callback=callback)
+
+    def _token_probs(self, tokens: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, count: int | None,
+                     cond: torch.Tensor, null: torch.Tensor | None, generator: torch.Generator | None,
+                     **chain) -> torch.Tensor:
+        """p (B, N, K) of the tokens ``rows`` (B, N) bool (1/2 elsewhere) of tokens (B, N, K) masked by mask (B, N).
+
+        The backbone's conditions for the class embeddings cond (B, d) and, with CFG, the null class's null (B, d)
+        in one pass, then ``masked_probs`` (count, chain as there). Chunk after chunk of images whose hidden states
+        hold at most ``GENERATE_ELEMENTS`` numbers, so any batch runs in bounded memory (the chain bounds its own);
+        with a generator, each chunk's chain draws in turn.
+        """
+        B, guided = len(tokens), null is not None
+        chunk = max(1, GENERATE_ELEMENTS // ((1 + guided) * (1 + self.config.num_tokens) * self.config.dim))
+        probs = []
+        for a in range(0, B, chunk):
+            b = min(B, a + chunk)
+            c = cond[a:b] if null is None else torch.cat([cond[a:b], null[a:b]])            # (R, d): R = b - a, or 2x
+            h = self.backbone(tokens[a:b].repeat(1 + guided, 1, 1), c, mask[a:b].repeat(1 + guided, 1))  # (R, N, d)
+            probs.append(masked_probs(self.transcoder, h, rows[a:b], count, generator, **chain))   # (b - a, N, K)
+        return torch.cat(probs)
 
     def _check_generate(self, labels, tokens, given, class_mix) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
         """generate's inputs checked: (labels (B,) int64, tokens (B, N, K) in the model's dtype, class_mix with its

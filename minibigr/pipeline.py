@@ -29,6 +29,10 @@ from .shipped import SHIPPED, shipped_dir
 from .tokenizer import BinaryAutoencoder
 
 CLASSES_NAME = "classes.txt"
+# the tokenizer encodes and decodes chunks of images holding at most this many numbers (4 MiB in float32; the shipped
+# decoder's activations peak near 200 times that): any batch runs in bounded memory; 1024 of the shipped 32 x 32
+# images run in one piece, 5 of 256 x 256 RGB
+TOKENIZER_ELEMENTS = 2 ** 20
 
 
 def checkpoint_dir(path: Path) -> Path | None:
@@ -139,6 +143,8 @@ class BiGRPipeline:
         labels = torch.as_tensor(labels, device=self.device)
         if labels.is_floating_point() and labels.numel():   # [] becomes float32: an empty batch is fine
             raise ValueError(f"class labels must be integers, got {labels.dtype}")
+        if labels.ndim > 1:
+            raise ValueError(f"give one class label per image, (B,), got shape {tuple(labels.shape)}")
         return labels.reshape(-1).long()
 
     @torch.no_grad()
@@ -151,13 +157,19 @@ class BiGRPipeline:
     def encode(self, images: torch.Tensor, deterministic: bool = True,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """images (B, C, H, W) in [0, 1] -> tokens (B, N, K) in {0, 1}. Deterministic by default: BiGR is
-        trained on the codes [p > 1/2] (docs/method.md §1.1)."""
-        return self.tokenizer.encode_tokens(images.to(self.device), deterministic=deterministic, generator=generator)
+        trained on the codes [p > 1/2] (docs/method.md §1.1). Any batch, in chunks of bounded memory."""
+        return torch.cat([self.tokenizer.encode_tokens(x.to(self.device), deterministic, generator)
+                          for x in images.split(self._images_per_chunk())])
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, N, K) -> images (B, C, H, W) in [0, 1]."""
-        return self.tokenizer.decode_tokens(tokens)
+        """tokens (B, N, K) -> images (B, C, H, W) in [0, 1]. Any batch, in chunks of bounded memory."""
+        return torch.cat([self.tokenizer.decode_tokens(t) for t in tokens.split(self._images_per_chunk())])
+
+    def _images_per_chunk(self) -> int:
+        """Images per tokenizer pass of encode / decode: ``TOKENIZER_ELEMENTS`` numbers of image at most."""
+        config = self.tokenizer.config
+        return max(1, TOKENIZER_ELEMENTS // (config.in_channels * config.image_size ** 2))
 
 
 def pretrained(name: str = "fashion-mnist", device: str | torch.device = "cpu", **kwargs) -> BiGRPipeline:

@@ -333,6 +333,8 @@ class BinaryAutoencoder(Checkpointed, nn.Module):
     @staticmethod
     def _check_range(images: torch.Tensor) -> None:
         """Images outside [0, 1] encode to codes the model never saw; the usual slips are 0..255 and [-1, 1]."""
+        if images.numel() == 0:                    # an empty batch: nothing to check
+            return
         lo, hi = (float(v) for v in images.aminmax())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"expected images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")

@@ -46,6 +46,16 @@ def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
     assert f"argument {argv[-2]}: must be at least 1, got {argv[-1]}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["sample", "inpaint", "interpolate", "enrich"])
+@pytest.mark.parametrize("out", ["grid", "grid.xyz"])
+def test_an_output_that_is_not_an_image_file_is_refused_before_any_work(command, out, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--out", out])
+    assert exit_.value.code == 2
+    assert f"argument --out: '{out}' is not an image file name: end it in .png" in capsys.readouterr().err
+    assert build_parser().parse_args(["sample", "--out", "grid.JPG"]).out == "grid.JPG"
+
+
 def test_import_is_light_and_never_touches_the_reference():
     code = ("import sys, minibigr; from minibigr import BiGR, BinaryAutoencoder, BiGRPipeline, transcoder, sampler; "
             "import json; print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))")

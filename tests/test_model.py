@@ -601,6 +601,31 @@ def test_blind_orders_run_the_chain_only_for_the_tokens_they_reveal(order, monke
     assert rows == [B * n for n in per_step if n > 0] and set(tokens.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("order", ["entropy", "random"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_generate_runs_large_batches_in_chunks_of_images_with_the_same_tokens(order, cfg_scale, monkeypatch):
+    """Past GENERATE_ELEMENTS the backbone runs chunk after chunk of images, never on more rows than one chunk's,
+    and the tokens do not change: the "direct" objective draws nothing in its chain, so both ways see the same
+    draws (with a diffusion chain each chunk would draw its uniforms in turn)."""
+    torch.manual_seed(0)
+    model = BiGR(tiny_config(objective="direct")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    cfg, guided = model.config, cfg_scale != 1.0
+    labels, given = torch.tensor([0, 1, 2, 3, 4]), torch.zeros(5, cfg.num_tokens, dtype=torch.bool)
+    given[1:, :3] = True                                    # rows with different counts: the general path too
+    kw = dict(tokens=random_tokens(5, cfg, seed=3), given=given, order=order, cfg=cfg_scale, num_iter=4)
+    whole = model.generate(labels, generator=torch.Generator().manual_seed(4), **kw)
+    rows = []
+    model.backbone.register_forward_hook(lambda module, args, out: rows.append(len(out)))
+    per_image = (1 + guided) * (1 + cfg.num_tokens) * cfg.dim
+    monkeypatch.setattr(model_module, "GENERATE_ELEMENTS", 2 * per_image + 1)     # chunks of 2, 2 and 1 images
+    chunked = model.generate(labels, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(chunked, whole)
+    assert rows and max(rows) == 2 * (1 + guided) and sum(rows) == len(rows) // 3 * 5 * (1 + guided)
+
+
 def test_generate_is_short():
     """generate reads as the algorithm (docs/method.md §5): the speed-only code lives in helpers."""
     import inspect

@@ -80,6 +80,8 @@ def test_labels_may_be_a_tensor_a_list_or_one_int(saved):
     assert torch.equal(pipe(1, generator=draw(3)), pipe(torch.tensor([1]), generator=draw(3)))
     with pytest.raises(ValueError, match="class labels must be integers"):
         pipe([0.5])
+    with pytest.raises(ValueError, match=r"one class label per image.*\(2, 2\)"):
+        pipe(torch.ones(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels must be in 0..3"):
         pipe([7])
     with pytest.raises(TypeError, match="unknown sampling setting"):
@@ -92,6 +94,29 @@ def test_an_empty_batch_gives_no_images(saved):
     pipe = BiGRPipeline(tok, model)
     assert model.generate(torch.zeros(0, dtype=torch.long)).shape == (0, model.config.num_tokens, model.config.K)
     assert pipe([]).shape == (0, tok.config.in_channels, tok.config.image_size, tok.config.image_size)
+
+
+def test_encode_and_decode_run_large_batches_in_chunks(saved, monkeypatch):
+    """Past TOKENIZER_ELEMENTS numbers of image the tokenizer runs chunk after chunk, never on more images than one
+    chunk's: the same tokens (a stochastic encode draws its bits in the same order), the same images up to float
+    rounding (the convolutions' kernels may differ with the batch size)."""
+    from minibigr import pipeline
+
+    _, tok, model = saved
+    pipe = BiGRPipeline(tok, model)
+    tokens = (torch.rand(7, 16, 6, generator=draw(0)) < 0.5).float()
+    images = pipe.decode(tokens)
+    encoded = pipe.encode(images, deterministic=False, generator=draw(1))
+    batches = []
+    hook = tok.generator.register_forward_hook(lambda m, args, out: batches.append(len(out)))
+    monkeypatch.setattr(pipeline, "TOKENIZER_ELEMENTS", 3 * 16 * 16 + 5)            # chunks of 3, 3 and 1 images
+    try:
+        assert torch.allclose(pipe.decode(tokens), images, atol=1e-4)
+        assert torch.equal(pipe.encode(images, deterministic=False, generator=draw(1)), encoded)
+    finally:
+        hook.remove()
+    assert batches == [3, 3, 1]
+    assert pipe.decode(tokens[:0]).shape == (0, *images.shape[1:]) and pipe.encode(images[:0]).shape == (0, 16, 6)
 
 
 def test_sampling_overrides_reach_the_model(saved):
