@@ -347,6 +347,15 @@ def add_models(sp):
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def add_app(sp, out: str, zoom_help: str, func) -> None:
+    """What every zero-shot app's command takes besides its inputs: --out, --zoom, the model, the sampling settings."""
+    sp.add_argument("--out", type=image_out, default=out, help="the result image")
+    sp.add_argument("--zoom", type=positive, default=4, help=zoom_help)
+    add_models(sp)
+    add_sampling(sp)
+    sp.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minibigr", description="BiGR: binary latent image generation, small and fast.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -427,31 +436,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--image", required=True, help=IMAGE_HELP)
         sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
         sp.add_argument("--label", required=True, help="class of the regenerated region (number or name)")
-        sp.add_argument("--out", type=image_out, default=f"{name}.png", help="the result image")
-        sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
-        add_models(sp)
-        add_sampling(sp)
-        sp.set_defaults(func=cmd_paint)
+        add_app(sp, f"{name}.png", "upscaling of the comparison PNG", cmd_paint)
 
     sp = sub.add_parser("interpolate", help="a strip of images between two classes (class-embedding mix)")
     sp.add_argument("--from", dest="from_label", required=True, help="class at the left end (number or name)")
     sp.add_argument("--to", dest="to_label", required=True, help="class at the right end (number or name)")
     sp.add_argument("--steps", type=positive, default=5, help="images in the strip")
-    sp.add_argument("--out", type=image_out, default="interpolate.png", help="the strip image")
-    sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the strip")
-    add_models(sp)
-    add_sampling(sp)
-    sp.set_defaults(func=cmd_interpolate)
+    add_app(sp, "interpolate.png", "upscaling of the strip", cmd_interpolate)
 
     sp = sub.add_parser("enrich", help="add detail to a blurry image (null class, block-wise regeneration)",
                         description="Writes OUT (the result) and OUT-compare.png (input | result).")
     sp.add_argument("--image", required=True, help=IMAGE_HELP)
     sp.add_argument("--factor", type=positive, default=2, help="blur factor r (must divide the token grid)")
-    sp.add_argument("--out", type=image_out, default="enrich.png", help="the result image")
-    sp.add_argument("--zoom", type=positive, default=4, help="upscaling of the comparison PNG")
-    add_models(sp)
-    add_sampling(sp)
-    sp.set_defaults(func=cmd_enrich)
+    add_app(sp, "enrich.png", "upscaling of the comparison PNG", cmd_enrich)
 
     sp = sub.add_parser("probe", help="linear probe of the frozen features of each block vs raw pixels")
     add_models(sp)
