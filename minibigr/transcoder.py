@@ -25,6 +25,10 @@ CHAIN_ELEMENTS = 2 ** 24
 # so they stay in the cores' L2 caches through the S steps instead of streaming from memory at every
 # elementwise operation (measured: the shipped model's chain ~15 % faster at one thread, float32 and bf16)
 CPU_TILE_BYTES = 2 ** 20
+# an elementwise kernel runs a tensor in vector blocks of up to this many numbers (32 floats on AVX-512) and its last
+# few numbers through scalar code that rounds differently (sigmoid, exp): tiles that start at a multiple of it meet,
+# number for number, the code one piece meets, so the tiling changes no bit of p0
+VECTOR_BLOCK = 64
 SCHEDULES = ("linear", "cos", "sigmoid")
 OBJECTIVES = ("flip", "x0", "direct")
 WEIGHTINGS = ("weighted", "plain")
@@ -312,15 +316,16 @@ class FusedDenoiser:
         return final.linear(final.norm_final(x).mul_(scale.add_(1)).add_(shift))
 
 
-def cpu_tiles(cond: torch.Tensor, per_token: int) -> int:
-    """How many tiles the reverse chain of cond (M, d) runs in: each with at most ``CPU_TILE_BYTES`` of activations
-    per thread on the CPU, one elsewhere (a GPU wants the whole batch); per_token numbers per token in each
-    activation."""
+def cpu_tile_tokens(cond: torch.Tensor, per_token: int, K: int) -> int:
+    """Tokens per tile of the reverse chain of cond (M, d): on the CPU, at most ``CPU_TILE_BYTES`` of activations per
+    thread (per_token numbers per token in each activation), in whole ``VECTOR_BLOCK``s of the (tokens, K) tensors
+    and at least one; elsewhere M (a GPU wants the whole batch)."""
     if cond.device.type != "cpu":
-        return 1
+        return len(cond)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else cond.dtype
     most = max(1, CPU_TILE_BYTES * torch.get_num_threads() // (per_token * dtype.itemsize))
-    return max(1, -(-len(cond) // most))
+    unit = VECTOR_BLOCK // math.gcd(K, VECTOR_BLOCK)          # the fewest tokens whose K bits fill whole blocks
+    return max(unit, most // unit * unit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +425,7 @@ class BinaryTranscoder(nn.Module):
         module step by step instead of the fused chain (same bits, slower). Under bf16 autocast the denoiser
         runs in bf16 while the draws, p0 and the posterior stay in float32 (at least). More tokens than fit in
         ``CHAIN_ELEMENTS`` run chunk after chunk (with a generator, each chunk draws in turn); on the CPU a chunk
-        runs tile after tile (``cpu_tiles``), with the same draws and the same p0 as one piece.
+        runs tile after tile (``cpu_tile_tokens``), with the same draws and bit for bit the same p0 as one piece.
         """
         guided = cond_null is not None and cfg != 1.0
         per_token = self.denoiser_width * (1 + guided)          # numbers per token in each activation of the chain
@@ -437,14 +442,12 @@ class BinaryTranscoder(nn.Module):
 
         ts = visited_steps(self.T, self.T if steps is None else steps)
         work = torch.promote_types(cond.dtype, torch.float32)    # bits, p0 and posterior: never below float32
-        tiles = cpu_tiles(cond, per_token)
-        if tiles > 1:
+        tile, M = cpu_tile_tokens(cond, per_token, self.K), len(cond)
+        if tile < M:
             if uniforms is None:            # drawn at once, they equal the draws one piece makes step by step
-                uniforms = torch.rand((len(ts), len(cond), self.K), generator=generator, device=cond.device,
-                                      dtype=work)
-            M = len(cond)                   # tiles of equal size, give or take a token
-            return self._in_pieces([(M * j // tiles, M * (j + 1) // tiles) for j in range(tiles)], cond, cond_null,
-                                   uniforms, **rest)
+                uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
+            return self._in_pieces([(a, min(M, a + tile)) for a in range(0, M, tile)], cond, cond_null, uniforms,
+                                   **rest)
         if guided:
             cond = torch.cat([cond, cond_null])
         M = cond.shape[0] // (2 if guided else 1)

@@ -330,9 +330,10 @@ def test_large_batches_run_the_chain_in_chunks_of_bounded_size(monkeypatch):
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
 def test_cpu_tiles_give_the_draws_and_p0_of_one_piece(monkeypatch, cfg):
-    """With room for 4 tokens per CPU tile, 13 tokens run as 3 + 3 + 3 + 4: from the same generator seed they
-    draw the uniforms one piece draws step by step, so p0 is the same."""
-    model, _ = random_transcoder(5, 6, 4, 8, 2, 16, "linear", "flip", 0.3)
+    """With room for 5 tokens per CPU tile, 13 tokens of K = 16 bits run as 4 + 4 + 4 + 1 (whole vector blocks of
+    64 numbers): from the same generator seed they draw the uniforms one piece draws step by step, so p0 is the
+    same."""
+    model, _ = random_transcoder(5, 16, 4, 8, 2, 16, "linear", "flip", 0.3)
     g = torch.Generator().manual_seed(0)
     cond, cond_null = (torch.randn(13, 4, generator=g, dtype=torch.float64) for _ in range(2))
     guided = cfg != 1.0
@@ -344,10 +345,32 @@ def test_cpu_tiles_give_the_draws_and_p0_of_one_piece(monkeypatch, cfg):
     whole = sample()
     sizes = chain_rows(monkeypatch)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 4 * 8 * (1 + guided) * 8)     # 4 tokens x width 8 x CFG rows x 8 bytes
+    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 5 * 8 * (1 + guided) * 8)     # 5 tokens x width 8 x CFG rows x 8 bytes
     tiled = sample()
-    assert sizes == [n * (1 + guided) for n in (3, 3, 3, 4)]
+    assert sizes == [n * (1 + guided) for n in (4, 4, 4, 1)]
     torch.testing.assert_close(tiled, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("K", [16, 24, 5])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_cpu_tiles_give_bit_identical_p0_in_float32(monkeypatch, K, cfg):
+    """Elementwise kernels run a tensor in vector blocks and its last few numbers through scalar code that rounds
+    differently (sigmoid): tiles start where one piece's vector blocks do, so in float32 every bit of p0 is the
+    same as one piece's, not only close, for any room per tile (here 9 tokens, then 13)."""
+    model = random_transcoder(7, K, 8, 32, 2, 64, "linear", "flip", 0.3)[0].float()
+    g = torch.Generator().manual_seed(0)
+    cond, cond_null = (torch.randn(101, 8, generator=g) for _ in range(2))
+    uniforms = torch.rand(12, 101, K, generator=g)
+    guided = cfg != 1.0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(mt, "CPU_TILE_BYTES", 10 ** 9)
+    whole = model.sample(cond, cond_null, steps=12, cfg=cfg, uniforms=uniforms)
+    for room in (9, 13):
+        sizes = chain_rows(monkeypatch)
+        monkeypatch.setattr(mt, "CPU_TILE_BYTES", room * 32 * (1 + guided) * 4)  # tokens x width x CFG rows x bytes
+        tiled = model.sample(cond, cond_null, steps=12, cfg=cfg, uniforms=uniforms)
+        assert len(sizes) > 1 and sum(sizes) == 101 * (1 + guided)
+        assert torch.equal(tiled, whole)
 
 
 @settings(deadline=None, max_examples=100)
