@@ -26,8 +26,8 @@ CHAIN_ELEMENTS = 2 ** 24
 # elementwise operation (measured: the shipped model's chain ~15 % faster at one thread, float32 and bf16)
 CPU_TILE_BYTES = 2 ** 20
 # an elementwise kernel runs a tensor in vector blocks of up to this many numbers (32 floats on AVX-512) and its last
-# few numbers through scalar code that rounds differently (sigmoid, exp): tiles that start at a multiple of it meet,
-# number for number, the code one piece meets, so the tiling changes no bit of p0
+# few numbers through scalar code that rounds differently (sigmoid, exp): chunks and tiles that start at a multiple of
+# it meet, number for number, the code one piece meets, so how the tokens are split changes no bit of p0
 VECTOR_BLOCK = 64
 SCHEDULES = ("linear", "cos", "sigmoid")
 OBJECTIVES = ("flip", "x0", "direct")
@@ -316,16 +316,21 @@ class FusedDenoiser:
         return final.linear(final.norm_final(x).mul_(scale.add_(1)).add_(shift))
 
 
-def cpu_tile_tokens(cond: torch.Tensor, per_token: int, K: int) -> int:
+def cpu_tile_tokens(cond: torch.Tensor, per_token: int, K: int, width: int) -> int:
     """Tokens per tile of the reverse chain of cond (M, d): on the CPU, at most ``CPU_TILE_BYTES`` of activations per
-    thread (per_token numbers per token in each activation), in whole ``VECTOR_BLOCK``s of the (tokens, K) tensors
-    and at least one; elsewhere M (a GPU wants the whole batch)."""
+    thread (per_token numbers per token in each activation), in ``whole_blocks`` of the (tokens, K) and (tokens,
+    width) tensors; elsewhere M (a GPU wants the whole batch)."""
     if cond.device.type != "cpu":
         return len(cond)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else cond.dtype
-    most = max(1, CPU_TILE_BYTES * torch.get_num_threads() // (per_token * dtype.itemsize))
-    unit = VECTOR_BLOCK // math.gcd(K, VECTOR_BLOCK)          # the fewest tokens whose K bits fill whole blocks
-    return max(unit, most // unit * unit)
+    return whole_blocks(CPU_TILE_BYTES * torch.get_num_threads() // (per_token * dtype.itemsize), K, width)
+
+
+def whole_blocks(tokens: int, *numbers: int) -> int:
+    """tokens rounded down (to at least one unit) to a unit whose rows of each of ``numbers`` (K bits, the denoiser's
+    width) fill whole ``VECTOR_BLOCK``s."""
+    unit = math.lcm(*(VECTOR_BLOCK // math.gcd(n, VECTOR_BLOCK) for n in numbers))
+    return max(unit, tokens // unit * unit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,7 +435,7 @@ class BinaryTranscoder(nn.Module):
         guided = cond_null is not None and cfg != 1.0
         per_token = self.denoiser_width * (1 + guided)          # numbers per token in each activation of the chain
         rest = dict(steps=steps, temperature=temperature, cfg=cfg, generator=generator, fused=fused)
-        chunk = max(1, CHAIN_ELEMENTS // per_token)
+        chunk = whole_blocks(CHAIN_ELEMENTS // per_token, self.K, self.denoiser_width)
         if len(cond) > chunk:               # bounded memory: the chain on consecutive chunks of tokens
             return self._in_pieces([(j, j + chunk) for j in range(0, len(cond), chunk)], cond, cond_null, uniforms,
                                    **rest)
@@ -442,7 +447,7 @@ class BinaryTranscoder(nn.Module):
 
         ts = visited_steps(self.T, self.T if steps is None else steps)
         work = torch.promote_types(cond.dtype, torch.float32)    # bits, p0 and posterior: never below float32
-        tile, M = cpu_tile_tokens(cond, per_token, self.K), len(cond)
+        tile, M = cpu_tile_tokens(cond, per_token, self.K, self.denoiser_width), len(cond)
         if tile < M:
             if uniforms is None:            # drawn at once, they equal the draws one piece makes step by step
                 uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
