@@ -22,7 +22,7 @@ from . import apps, official
 from .classifier import load_or_train_classifier
 from .codes import CodeCache, encode_dataset
 from .config import BiGRConfig
-from .data import DATASETS, ArrayDataset, load_dataset
+from .data import DATASETS, ArrayDataset, cache_dir, load_dataset
 from .demo import run_demo
 from .evaluate import evaluate_generator, evaluate_tokenizer
 from .images import check_image_path, load_image, save_image, save_image_grid, zoom
@@ -264,7 +264,7 @@ def cmd_evaluate(args):
     t0 = time.time()
     r = evaluate_generator(pipe, train, test, classifier.extract, num_samples=args.num_samples, seed=args.seed,
                            batch_size=args.batch_size, knn_cap=args.knn_cap, inception=inception,
-                           **sampling_overrides(args))
+                           cache=None if args.no_cache else cache_dir() / "references", **sampling_overrides(args))
     ref, acc = r["reference"], info.get("test_accuracy")
     print(f"{r['samples']} samples (seed {args.seed}) against {ref['train_images']} {args.dataset} train images; "
           f"features: the {args.dataset} classifier" + (f" (test accuracy {acc:.4f})" if acc is not None else ""))
@@ -478,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--knn-cap", type=positive, default=5000, help="points per set in the k-NN precision / recall")
     sp.add_argument("--limit", type=positive, help="only the first N train images as the reference")
     sp.add_argument("--json", help="also write the report as JSON here")
+    sp.add_argument("--no-cache", action="store_true", help="featurise the train split again instead of reading its "
+                    "summary from <cache>/references/ (kept there after the first evaluation)")
     sp.set_defaults(func=cmd_evaluate)
     return p
 

@@ -6,6 +6,7 @@
     precision_recall              k-NN manifold precision / recall (Kynkaenniemi et al. 2019, k = 3)
     inception_score               exp E_x KL(p(y|x) || p(y))
     evaluate_generator            all of the above for a BiGRPipeline, in chunks, deterministic under a seed
+    cached_summary                a real image set's summary, featurised once and read back from a cache after
 
 A feature extractor is any callable images (B, C, H, W) in [0, 1] -> (features (B, d), logits (B, L) or
 None): the dataset's small CNN (minibigr.classifier, ``Classifier.extract``) or the FID Inception-v3
@@ -15,15 +16,21 @@ except for precision / recall, whose k-NN step works on the first ``knn_cap`` fe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import iterate_batches
+from .checkpoint import atomic_write
+from .data import ArrayDataset, iterate_batches
 from .pipeline import BiGRPipeline
 from .quantizer import code_usage
 
@@ -230,6 +237,34 @@ class FeatureSummary:
     def subset(self) -> torch.Tensor:
         return torch.cat(self.kept)
 
+    def save(self, path: str | Path) -> None:
+        """One safetensors file: the running sums and the kept features as tensors, the counts as metadata (written
+        to a temp file and renamed, so a crash leaves no half file)."""
+        kept = self.subset if self.kept else self.stats.sum.new_zeros(0, len(self.stats.sum)).float()
+        tensors = {"sum": self.stats.sum, "outer": self.stats.outer, "kept": kept}
+        if self.scores.n:
+            tensors["p_sum"] = self.scores.p_sum
+        counts = dict(n=self.stats.n, knn_cap=self.knn_cap, n_kept=self.n_kept, correct=self.correct,
+                      labelled=self.labelled, scores_n=self.scores.n, neg_entropy=self.scores.neg_entropy)
+        atomic_write(str(path), lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                                                      metadata={"counts": json.dumps(counts)}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSummary:
+        """A summary written by ``save``."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            counts = json.loads(f.metadata()["counts"])
+        tensors = load_file(str(path))
+        summary = cls(counts["knn_cap"])
+        summary.stats.n, summary.stats.sum, summary.stats.outer = counts["n"], tensors["sum"], tensors["outer"]
+        summary.kept, summary.n_kept = [tensors["kept"]] if counts["n_kept"] else [], counts["n_kept"]
+        summary.correct, summary.labelled = counts["correct"], counts["labelled"]
+        summary.scores.n, summary.scores.neg_entropy = counts["scores_n"], counts["neg_entropy"]
+        summary.scores.p_sum = tensors.get("p_sum")
+        return summary
+
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
@@ -251,6 +286,35 @@ def summarize_dataset(extractor: Extractor, dataset, limit: int | None = None, b
     n = len(dataset) if limit is None else min(limit, len(dataset))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     return summarize(extractor, iterate_batches(dataset, order, batch_size, desc), knn_cap)
+
+
+@torch.no_grad()
+def summary_key(extractor: Extractor, dataset: ArrayDataset, knn_cap: int, seed: int) -> str:
+    """SHA-256 (hex) naming the summary of a dataset: its images and labels, the extractor's features and logits of
+    its first 8 images (other weights give other numbers), knn_cap and seed."""
+    digest = hashlib.sha256(json.dumps({"format": 1, "knn_cap": knn_cap, "seed": seed}).encode())
+    for array in (dataset.images_uint8, dataset.labels):
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    for out in extractor(dataset.get_batch(np.arange(min(8, len(dataset))))[0]):
+        if out is not None:
+            digest.update(out.float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_summary(extractor: Extractor, dataset, cache: str | Path | None, knn_cap: int = 5000, seed: int = 0,
+                   desc: str | None = None) -> FeatureSummary:
+    """``summarize_dataset`` of a whole dataset, kept in the directory ``cache`` under its ``summary_key``: a later
+    evaluation against the same images with the same extractor reads it back instead of featurising the set again.
+    Without a cache, or for a dataset not held in RAM as an ArrayDataset, it is featurised every time."""
+    if cache is None or not isinstance(dataset, ArrayDataset) or len(dataset) == 0:
+        return summarize_dataset(extractor, dataset, knn_cap=knn_cap, seed=seed, desc=desc)
+    path = Path(cache) / f"{summary_key(extractor, dataset, knn_cap, seed)}.safetensors"
+    if path.is_file():
+        return FeatureSummary.load(path)
+    summary = summarize_dataset(extractor, dataset, knn_cap=knn_cap, seed=seed, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary.save(path)
+    return summary
 
 
 @torch.no_grad()
@@ -286,7 +350,7 @@ def compare(generated: FeatureSummary, reference: FeatureSummary, k: int = 3) ->
 def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, num_samples: int = 1000,
                        seed: int = 0, batch_size: int = 100, knn_cap: int = 5000,
                        reference: FeatureSummary | None = None, inception: Extractor | None = None,
-                       **sampling) -> dict:
+                       cache: str | Path | None = None, **sampling) -> dict:
     """Sample quality of a pipeline under ``extractor`` (the dataset classifier's .extract).
 
     ``seed`` fixes the samples (a generator seeded with it draws every chunk) and the real images' order.
@@ -295,9 +359,10 @@ def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, nu
     features of each set), seconds per image. The same numbers for ``num_samples`` real test images (at
     most the whole test split) against the train split give the scale under "reference": FD is biased
     by the sample count, so both use the same count. ``reference`` reuses a summary of the train split
-    across calls. With ``inception``, also its FD and Inception Score, for samples and real test images.
+    across calls; so does ``cache``, a directory where the train split's summaries are kept (``cached_summary``).
+    With ``inception``, also its FD and Inception Score, for samples and real test images.
     """
-    ref = reference or summarize_dataset(extractor, train, knn_cap=knn_cap, seed=seed, desc="featurise train")
+    ref = reference or cached_summary(extractor, train, cache, knn_cap=knn_cap, seed=seed, desc="featurise train")
     real = summarize_dataset(extractor, test, limit=num_samples, knn_cap=knn_cap, seed=seed, desc="featurise test")
     timer: list[float] = []
     fake = [FeatureSummary(knn_cap), FeatureSummary(0)]
@@ -314,7 +379,7 @@ def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, nu
                             "precision": ref_scores["precision"], "recall": ref_scores["recall"],
                             "train_images": ref.stats.n, "test_images": real.stats.n}}
     if inception is not None:
-        train_i = summarize_dataset(inception, train, knn_cap=0, seed=seed, desc="inception train")
+        train_i = cached_summary(inception, train, cache, knn_cap=0, seed=seed, desc="inception train")
         test_i = summarize_dataset(inception, test, limit=num_samples, knn_cap=0, seed=seed, desc="inception test")
         report["inception"] = {"fd": fake[1].stats.frechet_distance(train_i.stats),
                                "inception_score": fake[1].scores.score,

@@ -1,6 +1,7 @@
 """`minibigr inpaint | outpaint | edit | interpolate | enrich | probe | evaluate` on a tiny random model."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
 
 
 @pytest.mark.fashion_mnist
-def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
+def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys, monkeypatch):
     from minibigr.classifier import ClassifierConfig, ClassifierSettings, save_classifier, train_classifier
     from minibigr.data import load_dataset
 
@@ -155,9 +156,16 @@ def test_probe_and_evaluate_end_to_end(models, tmp_path, capsys):
                                  settings=ClassifierSettings(epochs=1, batch_size=32, limit=64))
     save_classifier(clf, tmp_path / "clf", info)
     report = tmp_path / "report.json"
-    assert main(["evaluate", "--num-samples", "12", "--batch-size", "6", "--limit", "50", "--knn-cap", "10",
-                 "--classifier", str(tmp_path / "clf"), "--json", str(report), *models]) == 0
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["evaluate", "--num-samples", "12", "--batch-size", "6", "--limit", "50", "--knn-cap", "10",
+            "--classifier", str(tmp_path / "clf"), "--json", str(report), *models]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     for text in ("FD", "class accuracy", "precision (k=3", "recall (k=3", "seconds per image", "real test"):
         assert text in out
-    assert report.exists()
+    first = json.loads(report.read_text())
+    assert len(list((tmp_path / "cache" / "minibigr" / "references").glob("*.safetensors"))) == 1
+    for again in (argv, [*argv, "--no-cache"]):                    # read back; featurised again: the same numbers
+        assert main(again) == 0
+        assert {k: json.loads(report.read_text())[k] for k in ("fd", "precision", "recall", "reference")} == {
+            k: first[k] for k in ("fd", "precision", "recall", "reference")}

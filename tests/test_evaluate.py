@@ -221,7 +221,40 @@ def test_summaries_keep_fixed_memory_and_match_one_shot(trained):
     assert summary.accuracy == pytest.approx(float((logits.argmax(1) == torch.from_numpy(data.labels)).float().mean()))
 
 
-def test_evaluate_generator_on_a_tiny_model_is_deterministic():
+def test_a_cached_summary_is_read_back_and_keyed_by_images_settings_and_weights(trained, tmp_path):
+    """The second call reads the file instead of featurising the set (the extractor sees only the key's 8 images)
+    and gives the same summary; other images, settings or weights make another file."""
+    import copy
+
+    model, _ = trained
+    data, seen = bars(60, 4), []
+
+    def extract(x):
+        seen.append(len(x))
+        return model.extract(x)
+
+    first = ev.cached_summary(extract, data, tmp_path, knn_cap=20, seed=1)
+    assert sum(seen) == 8 + 60
+    seen.clear()
+    again = ev.cached_summary(extract, data, tmp_path, knn_cap=20, seed=1)
+    assert seen == [8]
+    assert again.stats.n == 60 and torch.equal(again.stats.sum, first.stats.sum)
+    assert torch.equal(again.stats.outer, first.stats.outer) and torch.equal(again.subset, first.subset)
+    assert (again.n_kept, again.accuracy, again.scores.score) == (20, first.accuracy, first.scores.score)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    ev.cached_summary(extract, bars(60, 5), tmp_path, knn_cap=20, seed=1)
+    ev.cached_summary(extract, data, tmp_path, knn_cap=20, seed=2)
+    ev.cached_summary(other.extract, data, tmp_path, knn_cap=20, seed=1)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
+    pixels = lambda x: (x.flatten(1)[:, :8], None)  # noqa: E731  (Inception's place: no k-NN subset, no logits)
+    summaries = [ev.cached_summary(pixels, data, tmp_path, knn_cap=0) for _ in range(2)]
+    assert summaries[1].n_kept == 0 and torch.equal(summaries[1].stats.outer, summaries[0].stats.outer)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 5 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_evaluate_generator_on_a_tiny_model_is_deterministic(tmp_path):
     from minibigr.model import BiGR, BiGRConfig
     from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
 
@@ -238,6 +271,10 @@ def test_evaluate_generator_on_a_tiny_model_is_deterministic():
     b = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, **kwargs)
     a.pop("seconds_per_image"), b.pop("seconds_per_image")
     assert a == b
+    for _ in range(2):                           # writes the train split's summary, then reads it back
+        cached = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, cache=tmp_path, **kwargs)
+        cached.pop("seconds_per_image")
+        assert cached == a and len(list(tmp_path.glob("*.safetensors"))) == 1
     assert a["samples"] == 12 and a["reference"]["test_images"] == 12 and a["reference"]["train_images"] == 40
     assert a["knn_points"] == 10 and math.isfinite(a["fd"]) and 0 <= a["class_accuracy"] <= 1
     # a second, pluggable extractor (Inception's place) adds its FD and Inception Score
