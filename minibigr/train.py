@@ -387,7 +387,8 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
         if lpips is not None and cfg.perceptual_weight > 0:
             rec = rec + cfg.perceptual_weight * lpips(x, recon.float()).mean()
         loss = rec + cfg.code_weight * stats["code_reg"]
-        row = {"l1": (x - recon.detach().float()).abs().mean().item()}
+        # the logged numbers stay tensors until a row is written: no host sync at the other steps
+        row = {"l1": (x - recon.detach().float()).abs().mean()}
         if gan_on:
             fake = diff_augment(recon, generator=generator) if cfg.diff_aug else recon
             disc.requires_grad_(False)
@@ -395,7 +396,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
             disc.requires_grad_(True)
             lam = adaptive_weight(rec, g_loss, unwrap(ddp_tok).last_layer, cfg.disc_weight_max)
             loss = loss + lam * g_loss
-            row.update(g_loss=g_loss.item(), d_weight=float(lam))
+            row.update(g_loss=g_loss.detach(), d_weight=lam)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         _clip(tokenizer, s.grad_clip)
@@ -410,14 +411,13 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            row["d_loss"] = d_loss.item()
+            row["d_loss"] = d_loss.detach()
 
         ema.update(tokenizer)
         log.step()
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
-            row["lr"] = lr_at(step, s)
-            log.write(done, row)
+            log.write(done, {**{k: float(v) for k, v in row.items()}, "lr": lr_at(step, s)})
         if done % s.ckpt_every == 0 or done == s.steps:
             checkpoint(done)
         if d.main and (done == s.steps or (s.sample_every and done % s.sample_every == 0)):
