@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -252,8 +253,6 @@ class FeatureSummary:
     @classmethod
     def load(cls, path: str | Path) -> FeatureSummary:
         """A summary written by ``save``."""
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             counts = json.loads(f.metadata()["counts"])
         tensors = load_file(str(path))
