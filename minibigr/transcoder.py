@@ -317,20 +317,22 @@ class FusedDenoiser:
 
 
 def cpu_tile_tokens(cond: torch.Tensor, per_token: int, K: int, width: int) -> int:
-    """Tokens per tile of the reverse chain of cond (M, d): on the CPU, at most ``CPU_TILE_BYTES`` of activations per
-    thread (per_token numbers per token in each activation), in ``whole_blocks`` of the (tokens, K) and (tokens,
-    width) tensors; elsewhere M (a GPU wants the whole batch)."""
+    """Tokens per tile of the reverse chain of cond (M, d): on the CPU, the fewest tiles of near-equal size with at
+    most ``CPU_TILE_BYTES`` of activations per thread each (per_token numbers per token in each activation), in whole
+    ``block_unit``s of tokens; elsewhere M (a GPU wants the whole batch)."""
+    M = len(cond)
     if cond.device.type != "cpu":
-        return len(cond)
+        return M
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else cond.dtype
-    return whole_blocks(CPU_TILE_BYTES * torch.get_num_threads() // (per_token * dtype.itemsize), K, width)
+    unit = block_unit(K, width)
+    most = max(unit, CPU_TILE_BYTES * torch.get_num_threads() // (per_token * dtype.itemsize) // unit * unit)
+    near_equal = -(-M // -(-M // most))
+    return -(-near_equal // unit) * unit            # rounded up to whole units: still at most ``most``
 
 
-def whole_blocks(tokens: int, *numbers: int) -> int:
-    """tokens rounded down (to at least one unit) to a unit whose rows of each of ``numbers`` (K bits, the denoiser's
-    width) fill whole ``VECTOR_BLOCK``s."""
-    unit = math.lcm(*(VECTOR_BLOCK // math.gcd(n, VECTOR_BLOCK) for n in numbers))
-    return max(unit, tokens // unit * unit)
+def block_unit(*numbers: int) -> int:
+    """The fewest tokens whose rows of each of ``numbers`` (K bits, the denoiser's width) fill whole VECTOR_BLOCKs."""
+    return math.lcm(*(VECTOR_BLOCK // math.gcd(n, VECTOR_BLOCK) for n in numbers))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,7 +437,8 @@ class BinaryTranscoder(nn.Module):
         guided = cond_null is not None and cfg != 1.0
         per_token = self.denoiser_width * (1 + guided)          # numbers per token in each activation of the chain
         rest = dict(steps=steps, temperature=temperature, cfg=cfg, generator=generator, fused=fused)
-        chunk = whole_blocks(CHAIN_ELEMENTS // per_token, self.K, self.denoiser_width)
+        unit = block_unit(self.K, self.denoiser_width)
+        chunk = max(unit, CHAIN_ELEMENTS // per_token // unit * unit)
         if len(cond) > chunk:               # bounded memory: the chain on consecutive chunks of tokens
             return self._in_pieces([(j, j + chunk) for j in range(0, len(cond), chunk)], cond, cond_null, uniforms,
                                    **rest)
