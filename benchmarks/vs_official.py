@@ -43,7 +43,8 @@ import torch  # noqa: E402
 from benchmarks.official_restated import OfficialBiGR  # noqa: E402
 from benchmarks.timing import clock  # noqa: E402
 from minibigr import BiGR, BiGRConfig, official, pretrained  # noqa: E402
-from minibigr.model import masked_probs, spread_mask_counts  # noqa: E402
+from minibigr.backbone import ffn_hidden_dim  # noqa: E402
+from minibigr.model import masked_counts, masked_probs, spread_mask_counts  # noqa: E402
 from minibigr.sampler import sample_tokens  # noqa: E402
 
 CONFIGS = {
@@ -174,7 +175,22 @@ def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16
     return {"config": name + (" bf16" if bf16 else "") + (" compiled loss" if compile_loss else ""),
             "h_diff": h_diff, "identical": identical,
             "sample_ours": n / ours, "sample_theirs": n / theirs,
-            "train_ours": train_steps / ours_train, "train_theirs": train_steps / theirs_train}
+            "train_ours": train_steps / ours_train, "train_theirs": train_steps / theirs_train,
+            "multiply_adds": multiply_adds(model.config, s["num_iter"], s["diffusion_steps"])}
+
+
+def multiply_adds(config: BiGRConfig, num_iter: int, steps: int) -> tuple[float, float]:
+    """Matmul multiply-adds per sampled image with CFG (both halves), (minibigr, authors'): the same backbone at every
+    step; the chain for the still-masked tokens against all N, the authors' embedding the condition (d -> w) and the
+    timestep (256 -> w -> w) inside every denoiser call."""
+    c, L = config, config.num_tokens + 1
+    backbone = 2 * num_iter * c.n_layer * (L * (4 * c.dim ** 2 + 3 * c.dim * ffn_hidden_dim(c.dim, c.multiple_of))
+                                           + 2 * L * L * c.dim)
+    w = c.transcoder_width
+    call = c.transcoder_blocks * 5 * w * w + 2 * w * w + 2 * c.K * w         # adaLN 3w + MLP 2w per block, final 2w
+    chains = sum(masked_counts(None, c.num_tokens, c.sampling.replace(num_iter=num_iter))[:-1])
+    return (backbone + chains * steps * 2 * call,
+            backbone + c.num_tokens * num_iter * steps * 2 * (call + c.dim * w + 256 * w + w * w))
 
 
 def report(rows: list[dict], threads: int, device: torch.device) -> str:
@@ -211,6 +227,10 @@ def main() -> None:
         print(report(rows[-1:], args.threads, device).splitlines()[-1], flush=True)
     print()
     print(report(rows, args.threads, device))
+    print("\nmultiply-adds per sampled image (matmuls, both CFG halves): what each side computes, before any overhead")
+    for r in rows:
+        ours, theirs = r["multiply_adds"]
+        print(f"  {r['config']}: minibigr {ours / 1e9:.1f} G, authors {theirs / 1e9:.1f} G ({theirs / ours:.2f}x)")
 
 
 if __name__ == "__main__":
