@@ -458,8 +458,7 @@ class BinaryTranscoder(nn.Module):
                                    **rest)
         if guided:
             cond = torch.cat([cond, cond_null])
-        M = cond.shape[0] // (2 if guided else 1)
-        shape = (M, self.K)
+        shape = (M, self.K)                 # M: the tokens, before the null half joined the batch
 
         def uniform(i):
             if uniforms is not None:
