@@ -103,8 +103,9 @@ def probe_verdict(conditional: dict, unconditional: dict, n_test: int) -> tuple[
 QUALITY = ["FD ↓ mean (range)", "class acc.", "precision", "recall", "CPU s / image"]
 
 
-def claims_section(summary: dict, n_test: int) -> list[str]:
-    """The paper's claims, each with what the numbers here say (n_test: the probe's test images)."""
+def claims_section(summary: dict, s: dict) -> list[str]:
+    """The paper's claims, each with what the numbers here say (s: the study's settings)."""
+    n_test = s["probe_test"]
     rows = []
     for stage, better, worse, claim in (("order", "entropy", "raster-1", "entropy order beats raster (one per step)"),
                                         ("order", "entropy", "random", "entropy order beats random order"),
@@ -131,8 +132,17 @@ def claims_section(summary: dict, n_test: int) -> list[str]:
     return ["## Which of the paper's claims hold here", "",
             *table(["paper's claim", "here (FD means; probe: test top-1)", "verdict"], rows), "",
             "A claim is called only when the two means differ by more than the range over sampling seeds of either "
-            "(probe: by more than two standard errors over its test images).",
+            "(probe: by more than two standard errors over its test images)." + capped_note(summary, s),
             ""]
+
+
+def capped_note(summary: dict, s: dict) -> str:
+    """What the objective claims compare when a training was still improving at the step cap."""
+    capped = [o for o, r in summary.get("objective", {}).items() if still_improving(r["train"], s)]
+    if not capped:
+        return ""
+    return (f" The objective claims compare {', '.join(capped)} as they stood at the {s['max_steps']}-step cap, "
+            "their held-out loss still falling (section (b)): not at convergence.")
 
 
 def order_section(res: dict) -> list[str]:
@@ -146,19 +156,45 @@ def order_section(res: dict) -> list[str]:
             "schedule.", ""]
 
 
-def objective_section(res: dict) -> list[str]:
+def still_improving(train: dict, s: dict) -> bool:
+    """Whether the step cap, not the early-stopping rule, ended a training: it stopped at max_steps with its best
+    round fewer than patience rounds back."""
+    rounds_since_best = (train["stopped_at"] - train["best_step"]) // s["eval_every"]
+    return train["stopped_at"] >= s["max_steps"] and rounds_since_best < s["patience"]
+
+
+def last_gain(train: dict, s: dict) -> float:
+    """The held-out loss's relative fall over the last patience rounds (0.0048: it fell by 0.48 %)."""
+    losses = [row["loss"] for row in train["history"]][-s["patience"] - 1:]
+    return 1 - losses[-1] / losses[0]
+
+
+def converged_cell(train: dict, s: dict) -> str:
+    if not still_improving(train, s):
+        return "yes"
+    return f"no: −{100 * last_gain(train, s):.2f}% in its last {s['patience'] * s['eval_every']} steps"
+
+
+def objective_section(res: dict, s: dict, image_prefix: str) -> list[str]:
     rows = [[o, *quality_cells(res[o]), str(res[o]["train"]["best_step"]), str(res[o]["train"]["stopped_at"]),
-             _num(res[o]["train"]["heldout_loss"], ".4f"), _num(res[o]["train"]["heldout_bce"], ".4f"),
-             _num(res[o]["train"]["cpu_seconds"] / 60, ".0f"), _num(PAPER["objective"][o])]
+             converged_cell(res[o]["train"], s), _num(res[o]["train"]["heldout_loss"], ".4f"),
+             _num(res[o]["train"]["heldout_bce"], ".4f"), _num(res[o]["train"]["cpu_seconds"] / 60, ".0f"),
+             _num(PAPER["objective"][o])]
             for o in res]
-    return ["## (b) Transcoder objective (tiny-32 from scratch, each until its held-out loss stopped improving)", "",
-            *table(["objective", *QUALITY, "best step", "stopped at", "held-out loss", "held-out BCE",
-                    "train CPU min", "paper FID"], rows), "",
-            f"Ranking by FD here: {ranking(res)} (paper: {paper_ranking(PAPER['objective'])}). "
-            "Each objective trains with the authors' weighting (flip: weighted BCE; x0: plain BCE; direct: weighted "
-            "BCE), so the held-out losses do not compare across objectives; the held-out BCE (plain BCE of the "
-            "implied z_0 probabilities) does. The best step's EMA model is the one sampled. direct predicts z_0 in one "
-            "pass, without the reverse chain, hence its lower CPU s / image.", ""]
+    capped = [o for o in res if still_improving(res[o]["train"], s)]
+    lines = ["## (b) Transcoder objective (tiny-32 from scratch, each trained until its held-out loss stopped "
+             f"improving or to the {s['max_steps']}-step cap)", "",
+             *table(["objective", *QUALITY, "best step", "stopped at", "converged", "held-out loss", "held-out BCE",
+                     "train CPU min", "paper FID"], rows), "",
+             f"Ranking by FD here: {ranking(res)} (paper: {paper_ranking(PAPER['objective'])}). "
+             "Each objective trains with the authors' weighting (flip: weighted BCE; x0: plain BCE; direct: weighted "
+             "BCE), so the held-out losses do not compare across objectives; the held-out BCE (plain BCE of the "
+             "implied z_0 probabilities) does. The best step's EMA model is the one sampled. direct predicts z_0 in "
+             "one pass, without the reverse chain, hence its lower CPU s / image.", ""]
+    if capped:
+        lines += [f"Not converged: {', '.join(capped)} reached the {s['max_steps']}-step cap with the held-out loss "
+                  "still falling, so this ranks the objectives at equal training steps, not at convergence.", ""]
+    return lines + [f"![held-out BCE against training steps]({image_prefix}ablations_training.png)", ""]
 
 
 def bits_section(res: dict) -> list[str]:
@@ -265,11 +301,13 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     if meta.get("missing"):
         lines += [f"Not yet scored, so left out ({len(meta['missing'])}; the first absent result of each): "
                   + ", ".join(f"`{name}`" for name in meta["missing"]) + ".", ""]
-    lines += claims_section(summary, s["probe_test"])
-    sections = {"order": order_section, "objective": objective_section, "bits": bits_section}
-    for name, section in sections.items():
-        if name in summary:
-            lines += section(summary[name])
+    lines += claims_section(summary, s)
+    if "order" in summary:
+        lines += order_section(summary["order"])
+    if "objective" in summary:
+        lines += objective_section(summary["objective"], s, image_prefix)
+    if "bits" in summary:
+        lines += bits_section(summary["bits"])
     if "probe" in summary:
         lines += probe_section(summary["probe"], s)
     if "time" in summary:
@@ -342,6 +380,37 @@ def plot_guidance(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def trainings(summary: dict) -> dict:
+    """{label: training record} of the from-scratch models: the objectives' and the unconditional probe's."""
+    out = {o: r["train"] for o, r in summary.get("objective", {}).items()}
+    if "train" in summary.get("probe", {}).get("unconditional", {}):
+        out["flip, unconditional"] = summary["probe"]["unconditional"]["train"]
+    return out
+
+
+def plot_training(records: dict, path: Path) -> None:
+    """Held-out BCE of the implied z_0 (comparable across objectives) against training steps, one line per
+    from-scratch model, its sampled step marked; the right panel is the last two thirds of the steps, where a
+    training still improving shows its slope."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    last = max(row["step"] for train in records.values() for row in train["history"])
+    for ax, first in zip(axes, (0, last / 3), strict=True):
+        for label, train in records.items():
+            rows = [row for row in train["history"] if row["step"] >= first]
+            line, = ax.plot([row["step"] for row in rows], [row["bce"] for row in rows], label=label)
+            ax.plot(train["best_step"], train["heldout_bce"], "o", color=line.get_color())
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out BCE of z_0")
+    axes[0].set_title("From-scratch trainings (dot: the step sampled)")
+    axes[1].set_title(f"From step {last / 3:.0f} on")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_bars(summary: dict, path: Path, n_test: int) -> None:
     """One panel per ablation: our FD (mean, bars: range over seeds) or the probe's test top-1 (bars: one standard
     error over its n_test images) as bars, with our number and the paper's written above each."""
@@ -389,6 +458,9 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
     if "guidance" in summary:
         plot_guidance(summary["guidance"], out / "ablations_guidance.png")
         written.append(out / "ablations_guidance.png")
+    if "objective" in summary:
+        plot_training(trainings(summary), out / "ablations_training.png")
+        written.append(out / "ablations_training.png")
     if any(k in summary for k in ("order", "objective", "bits", "probe")):
         plot_bars(summary, out / "ablations_bars.png", meta["settings"]["probe_test"])
         written.append(out / "ablations_bars.png")

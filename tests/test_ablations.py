@@ -311,7 +311,8 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
     assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_guidance.png)" in published
-    for png in ("ablations_time.png", "ablations_bars.png", "ablations_guidance.png"):
+    assert "| 1500 | 3500 | yes |" in md and "Not converged" not in md     # stopped by the rule, not the cap
+    for png in ("ablations_time.png", "ablations_bars.png", "ablations_guidance.png", "ablations_training.png"):
         for where in (lab.out, tmp_path / "docs"):
             assert where / png in written
             with Image.open(where / png) as image:
@@ -379,3 +380,22 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")} == results
     with pytest.raises(ValueError, match="num_samples"):
         ab.main(["--out", str(out), "--results", str(kept), "--quick", "--num-samples", "12"])
+
+
+def test_the_report_says_when_the_step_cap_ended_a_training_still_improving():
+    s = {"max_steps": 3000, "eval_every": 500, "patience": 4}
+    losses = [0.5, 0.4, 0.3, 0.25, 0.24, 0.238]
+    history = [{"step": 500 * (k + 1), "loss": loss, "bce": loss} for k, loss in enumerate(losses)]
+    still = {"best_step": 3000, "stopped_at": 3000, "history": history, "heldout_loss": 0.238, "heldout_bce": 0.238,
+             "cpu_seconds": 600.0}
+    assert report.still_improving(still, s)
+    assert report.converged_cell(still, s) == "no: −40.50% in its last 2000 steps"     # 1 - 0.238 / 0.4
+    assert not report.still_improving({**still, "best_step": 1000}, s)                 # 4 rounds without a best
+    assert not report.still_improving({**still, "stopped_at": 2500}, s)                # the rule stopped it
+    fd = {"fd": 2.0, "fd_range": [1.9, 2.1], "class_accuracy": 0.9, "precision": 0.9, "recall": 0.5,
+          "cpu_seconds_per_image": 0.1}
+    summary = {"objective": {o: {**fd, "train": still} for o in ("flip", "x0")}}
+    md = "\n".join(report.objective_section(summary["objective"], s, "") + report.claims_section(summary, {
+        **s, "probe_test": 5000}))
+    assert "Not converged: flip, x0 reached the 3000-step cap" in md
+    assert "The objective claims compare flip, x0 as they stood at the 3000-step cap" in md
