@@ -5,6 +5,7 @@
     python benchmarks/vs_official.py --device cuda        # adds the BiGR-L shape (random weights, bf16)
     python benchmarks/vs_official.py --bf16               # both sides under bf16 autocast (CPUs with native bf16)
     python benchmarks/vs_official.py --configs shipped --compile   # minibigr's training loss compiled
+    python benchmarks/vs_official.py --device cuda --cuda-graphs  # minibigr's chain replayed from CUDA graphs
 
 The authors' side is ``benchmarks/official_restated.py`` (their sampling loop and training step, with what
 makes them fast or slow kept as it is), loaded with minibigr's weights through
@@ -136,11 +137,31 @@ def trainer(loss_fn, module, counts: list[int], amp):
     return run
 
 
-def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16: bool, compile_loss: bool) -> dict:
+def timed_training(model: BiGR, twin: OfficialBiGR, B: int, train_steps: int, repeat: int, g: torch.Generator,
+                   amp, compile_loss: bool) -> tuple[float, float]:
+    """Best seconds of ``train_steps`` training steps at batch B, (minibigr, authors'), after a warm-up run that also
+    creates AdamW's state."""
+    device = g.device
+    tokens = (torch.rand(B, model.config.num_tokens, model.config.K, generator=g, device=device) < 0.5).float()
+    labels = (torch.arange(B) % model.config.num_classes).to(device)
+    model.train(), twin.train()
+    loss = torch.compile(model.loss) if compile_loss else model.loss
+    # minibigr's step costs more with more masked tokens and the authors' hardly changes: both sides take the same
+    # counts, spread over the schedule, so a run of a few steps costs what the schedule costs on average
+    counts = spread_mask_counts(model.config.num_tokens, train_steps)
+    return timed_pair(
+        trainer(lambda n: loss(tokens, labels, draws=model.loss_draws(B, g, device, n))[0], model, counts, amp),
+        trainer(lambda n: twin.loss(tokens, labels, n), twin, counts, amp), repeat, device, True)
+
+
+def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16: bool, compile_loss: bool,
+            graphs: bool = False) -> dict:
     """Check, then time sampling and training of one config; with ``bf16`` both sides run under bf16 autocast,
-    with ``compile_loss`` minibigr's training loss runs through torch.compile (its compilation is warm-up)."""
+    with ``compile_loss`` minibigr's training loss runs through torch.compile (its compilation is warm-up), with
+    ``graphs`` minibigr's reverse chain is replayed from CUDA graphs (their capture is warm-up)."""
     spec, cuda = CONFIGS[name], device.type == "cuda"
     model = build(name).to(device)
+    model.transcoder.cuda_graphs = graphs
     twin = restated(model)
     h_diff, identical = check(model, twin) if not cuda else (float("nan"), False)
     s = {**spec["sampling"], "precision": "bfloat16" if bf16 else "float32"}
@@ -159,20 +180,13 @@ def measure(name: str, device: torch.device, repeat: int, train_steps: int, bf16
     if not compile_loss:                  # the compiled-loss row times training only
         ours, theirs = timed_pair(lambda: model.generate(labels, generator=g, order="confidence", **s),
                                   theirs_sample, repeat, device, cuda)
-    B = spec["train_batch"]
-    tokens = (torch.rand(B, model.config.num_tokens, model.config.K, generator=g, device=device) < 0.5).float()
-    train_labels = (torch.arange(B) % model.config.num_classes).to(device)
-    model.train(), twin.train()
-    # training: the warm-up run also creates AdamW's state
-    loss = torch.compile(model.loss) if compile_loss else model.loss
-    # minibigr's step costs more with more masked tokens and the authors' hardly changes: both sides take the same
-    # counts, spread over the schedule, so a run of a few steps costs what the schedule costs on average
-    counts = spread_mask_counts(model.config.num_tokens, train_steps)
-    ours_train, theirs_train = timed_pair(
-        trainer(lambda n: loss(tokens, train_labels, draws=model.loss_draws(B, g, device, n))[0], model, counts, amp),
-        trainer(lambda n: twin.loss(tokens, train_labels, n), twin, counts, amp), repeat, device, True)
+    ours_train, theirs_train = float("nan"), float("nan")
+    if not graphs:                        # the CUDA-graphs row times sampling only (training has no chain)
+        ours_train, theirs_train = timed_training(model, twin, spec["train_batch"], train_steps, repeat, g, amp,
+                                                  compile_loss)
     n = spec["batch"]
-    return {"config": name + (" bf16" if bf16 else "") + (" compiled loss" if compile_loss else ""),
+    return {"config": name + (" bf16" if bf16 else "") + (" compiled loss" if compile_loss else "")
+            + (" CUDA graphs" if graphs else ""),
             "h_diff": h_diff, "identical": identical,
             "sample_ours": n / ours, "sample_theirs": n / theirs,
             "train_ours": train_steps / ours_train, "train_theirs": train_steps / theirs_train,
@@ -216,14 +230,17 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=8, help="training steps per timed run")
     ap.add_argument("--bf16", action="store_true", help="both sides under bf16 autocast (always for BiGR-L on CUDA)")
     ap.add_argument("--compile", action="store_true", help="minibigr's training loss through torch.compile")
+    ap.add_argument("--cuda-graphs", action="store_true", help="minibigr's reverse chain replayed from CUDA graphs")
     args = ap.parse_args()
+    if args.cuda_graphs and args.device.split(":")[0] != "cuda":
+        ap.error("--cuda-graphs needs --device cuda")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = args.configs or (["shipped", "16x16"] + (["BiGR-L"] if device.type == "cuda" else []))
     rows = []
     for name in names:
         bf16 = args.bf16 or (device.type == "cuda" and name == "BiGR-L")
-        rows.append(measure(name, device, args.repeat, args.train_steps, bf16, args.compile))
+        rows.append(measure(name, device, args.repeat, args.train_steps, bf16, args.compile, args.cuda_graphs))
         print(report(rows[-1:], args.threads, device).splitlines()[-1], flush=True)
     print()
     print(report(rows, args.threads, device))

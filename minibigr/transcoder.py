@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cuda_graph import GraphCache, autocast_key, weights_key
 from .quantizer import bernoulli_bits
 
 # the reverse chain runs in chunks of tokens whose (rows x width) activations hold at most this many numbers
@@ -362,6 +363,9 @@ class BinaryTranscoder(nn.Module):
         self.register_buffer("b", b.float(), persistent=False)
         # float64 host copies: the chain reads scalars of the schedule without touching the device
         self._k, self._b, self._beta = k.numpy(), b.numpy(), beta.numpy()
+        # on CUDA, replay the fused chain from a graph captured once per (M, S, CFG, ...) (``_graphed_chain``)
+        self.cuda_graphs = False
+        self.graphs = GraphCache()
 
     # -- training ---------------------------------------------------------------------------
     def loss_draws(self, M: int, generator: torch.Generator | None = None,
@@ -433,6 +437,8 @@ class BinaryTranscoder(nn.Module):
         runs in bf16 while the draws, p0 and the posterior stay in float32 (at least). More tokens than fit in
         ``CHAIN_ELEMENTS`` run chunk after chunk (with a generator, each chunk draws in turn); on the CPU a chunk
         runs tile after tile (``cpu_tile_tokens``), with the same draws and bit for bit the same p0 as one piece.
+        On CUDA with ``cuda_graphs`` set, the fused chain is replayed from a CUDA graph (``_graphed_chain``), its
+        uniforms drawn before it: the same p0 on the same uniforms, in one launch.
         """
         guided = cond_null is not None and cfg != 1.0
         per_token = self.denoiser_width * (1 + guided)          # numbers per token in each activation of the chain
@@ -467,11 +473,32 @@ class BinaryTranscoder(nn.Module):
 
         c = self.denoiser.embed_cond(cond)                                           # (M or 2M, w)
         t_emb = self.denoiser.embed_time(torch.as_tensor(ts - 1, device=cond.device))  # (S, w)
-        denoise = self._denoiser_logits(c, t_emb, fused)
-        z_t = (uniform(0) < 0.5).to(work)
+        chain = dict(ts=ts, cfg=cfg if guided else 1.0, temperature=temperature, work=work)
+        if fused and self.cuda_graphs and cond.device.type == "cuda":
+            if uniforms is None:            # all draws before the graph: it must not draw itself
+                uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
+            return self._graphed_chain(c, t_emb, uniforms, **chain)
+        return self.reverse_chain(self._denoiser_logits(c, t_emb, fused), uniform, **chain)
+
+    def _graphed_chain(self, c: torch.Tensor, t_emb: torch.Tensor, uniforms: torch.Tensor, **chain) -> torch.Tensor:
+        """The fused chain replayed from the CUDA graph captured for its key (minibigr/cuda_graph.py): the same bits
+        as the eager fused chain on the same uniforms (S, M, K), in one launch."""
+        key = (len(c), *uniforms.shape, chain["cfg"], chain["temperature"], c.dtype, uniforms.dtype, autocast_key(),
+               weights_key(self.denoiser))
+
+        def run(c, t_emb, uniforms):
+            return self.reverse_chain(FusedDenoiser(self.denoiser, c, t_emb), uniforms.__getitem__, **chain)
+
+        return self.graphs(key, run, c, t_emb, uniforms)
+
+    def reverse_chain(self, denoise, uniform, ts: np.ndarray, cfg: float, temperature: float,
+                      work: torch.dtype) -> torch.Tensor:
+        """p0 (M, K) at t = 1: the reverse chain over the visited steps ts, with denoise(z_t, i) -> logits (M or 2M,
+        K) (the two CFG halves mixed with ``cfg`` when there are two) and uniform(i) -> (M, K), the i-th draw."""
+        z_t = (uniform(0) < 0.5).to(work)                                            # z_T ~ Bernoulli(1/2)
         for i, t in enumerate(ts):
             logits = denoise(z_t, i).to(work)                                        # (M or 2M, K)
-            if guided:                        # the conditional and null halves ran as one batch
+            if len(logits) > len(z_t):        # the conditional and null halves ran as one batch
                 logits = cfg_mix(*logits.chunk(2), cfg)
             p0 = self.p0(logits, z_t, temperature)
             if i == len(ts) - 1:
