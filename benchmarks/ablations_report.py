@@ -138,7 +138,7 @@ def claims_section(summary: dict, s: dict) -> list[str]:
 
 def capped_note(summary: dict, s: dict) -> str:
     """What the objective claims compare when a training was still improving at the step cap."""
-    capped = [o for o, r in summary.get("objective", {}).items() if still_improving(r["train"], s)]
+    capped = capped_objectives(summary.get("objective", {}), s)
     if not capped:
         return ""
     return (f" The objective claims compare {', '.join(capped)} as they stood at the {s['max_steps']}-step cap, "
@@ -163,6 +163,11 @@ def still_improving(train: dict, s: dict) -> bool:
     return train["stopped_at"] >= s["max_steps"] and rounds_since_best < s["patience"]
 
 
+def capped_objectives(res: dict, s: dict) -> list[str]:
+    """The objectives whose training the step cap ended while it was still improving."""
+    return [o for o, r in res.items() if still_improving(r["train"], s)]
+
+
 def last_gain(train: dict, s: dict) -> float:
     """The held-out loss's relative fall over the last patience rounds (0.0048: it fell by 0.48 %)."""
     losses = [row["loss"] for row in train["history"]][-s["patience"] - 1:]
@@ -181,7 +186,7 @@ def objective_section(res: dict, s: dict, image_prefix: str) -> list[str]:
              _num(res[o]["train"]["heldout_bce"], ".4f"), _num(res[o]["train"]["cpu_seconds"] / 60, ".0f"),
              _num(PAPER["objective"][o])]
             for o in res]
-    capped = [o for o in res if still_improving(res[o]["train"], s)]
+    capped = capped_objectives(res, s)
     lines = ["## (b) Transcoder objective (tiny-32 from scratch, each trained until its held-out loss stopped "
              f"improving or to the {s['max_steps']}-step cap)", "",
              *table(["objective", *QUALITY, "best step", "stopped at", "converged", "held-out loss", "held-out BCE",

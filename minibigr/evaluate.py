@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
@@ -255,7 +255,7 @@ class FeatureSummary:
         """A summary written by ``save``."""
         with safe_open(str(path), "pt") as f:
             counts = json.loads(f.metadata()["counts"])
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
         summary = cls(counts["knn_cap"])
         summary.stats.n, summary.stats.sum, summary.stats.outer = counts["n"], tensors["sum"], tensors["outer"]
         summary.kept, summary.n_kept = [tensors["kept"]] if counts["n_kept"] else [], counts["n_kept"]

@@ -457,9 +457,11 @@ class BinaryTranscoder(nn.Module):
         ts = visited_steps(self.T, self.T if steps is None else steps)
         work = torch.promote_types(cond.dtype, torch.float32)    # bits, p0 and posterior: never below float32
         tile, M = cpu_tile_tokens(cond, per_token, self.K, self.denoiser_width), len(cond)
+        graphed = fused and self.cuda_graphs and cond.device.type == "cuda"
+        if uniforms is None and (tile < M or graphed):
+            # all draws at once: tiles take their slices (the draws one piece makes step by step), a graph must not draw
+            uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
         if tile < M:
-            if uniforms is None:            # drawn at once, they equal the draws one piece makes step by step
-                uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
             return self._in_pieces([(a, min(M, a + tile)) for a in range(0, M, tile)], cond, cond_null, uniforms,
                                    **rest)
         if guided:
@@ -474,9 +476,7 @@ class BinaryTranscoder(nn.Module):
         c = self.denoiser.embed_cond(cond)                                           # (M or 2M, w)
         t_emb = self.denoiser.embed_time(torch.as_tensor(ts - 1, device=cond.device))  # (S, w)
         chain = dict(ts=ts, cfg=cfg if guided else 1.0, temperature=temperature, work=work)
-        if fused and self.cuda_graphs and cond.device.type == "cuda":
-            if uniforms is None:            # all draws before the graph: it must not draw itself
-                uniforms = torch.rand((len(ts), M, self.K), generator=generator, device=cond.device, dtype=work)
+        if graphed:
             return self._graphed_chain(c, t_emb, uniforms, **chain)
         return self.reverse_chain(self._denoiser_logits(c, t_emb, fused), uniform, **chain)
 
