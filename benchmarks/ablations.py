@@ -5,9 +5,11 @@
     python benchmarks/ablations.py --out /tmp/ablations --quick          # a smoke run in a few minutes
 
 Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter training):
-  order      sampling order entropy / confidence / random / raster with the same schedule, and the paper's
-             raster that reveals one token per step (raster-1: I = N, linear schedule), on the reference model
-             (--model; default: the shipped one)
+  order      sampling order on the reference model (--model; default: the shipped one): first a sweep of the
+             Gumbel temperature of the two certainty orders, entropy and confidence (one seed each), then each
+             at the authors' temperature (script/sample.sh: 0.01) and at its FD-best one of the sweep, against
+             random, raster with the same schedule, and the paper's raster that reveals one token per step
+             (raster-1: I = N, linear schedule)
   objective  transcoder objective flip / x0 / direct, each with the authors' loss weighting: a tiny-32 BiGR
              trained from scratch for each (same config, batch, lr, seed) on the shipped tokenizer's codes until
              its held-out loss stops improving (the rule: Settings.eval_every / patience / max_steps)
@@ -15,9 +17,8 @@ Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter tra
   probe      linear probe (block and L2 chosen on held-out images, as `minibigr probe` does) of the flip model of
              "objective" (conditional training) against the same model trained with every label the null class
              (unconditional), the reference model and raw pixels
-  guidance   CFG scale x Gumbel temperature of the reference model's order, and the random order (the infinite
-             temperature limit): FD, precision and recall against CFG (the paper's CFG figure); the FD-best point
-             is the candidate for the recommended settings
+  guidance   CFG scale for the random order and for the FD-best certainty order of (a) at its FD-best temperature:
+             FD, precision and recall against CFG (the paper's CFG figure)
   time       FD against seconds per image over sampling iterations I x diffusion steps S (the paper's Figure 3)
 
 Every sampling setting is scored on --num-samples class-balanced samples for each of --seeds sampling seeds; the
@@ -65,6 +66,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import minibigr  # noqa: E402
 from benchmarks.ablations_report import REPO, stage_time, untimed_trainings, write_report  # noqa: E402
+from minibigr.authors import settings as authors_settings  # noqa: E402
 from minibigr.checkpoint import atomic_write  # noqa: E402
 from minibigr.classifier import (  # noqa: E402
     Classifier,
@@ -79,16 +81,21 @@ from minibigr.evaluate import evaluate_generator, summarize_dataset  # noqa: E40
 from minibigr.model import BiGR, BiGRConfig, spread_mask_counts  # noqa: E402
 from minibigr.pipeline import BiGRPipeline  # noqa: E402
 from minibigr.probe import block_features, linear_probe, pixel_features  # noqa: E402
-from minibigr.sampler import BLIND_ORDERS  # noqa: E402
+from minibigr.sampler import BLIND_ORDERS, CERTAINTY  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
 
 STAGES = ("order", "objective", "bits", "probe", "guidance", "time")
-ORDERS = ("entropy", "confidence", "random", "raster", "raster-1")
 METRICS = ("fd", "class_accuracy", "precision", "recall", "cpu_seconds_per_image")
 OBJECTIVES = ("flip", "x0", "direct")
 # from-scratch models: name -> (transcoder objective, unconditional training)
 TRAINED = {"flip": ("flip", False), "x0": ("x0", False), "direct": ("direct", False), "unconditional": ("flip", True)}
 PROBED = ("shipped", "flip", "unconditional")     # the reference model; conditional vs unconditional training
+AUTHORS_GUMBEL = authors_settings("script/sample.sh")["gumbel"]   # the temperature the authors sample with
+# The settings every table holds fixed unless it varies one, when the reference model is the shipped one: its
+# recommended settings when the study began. Fixed here, so the stored results keep their names (which hold these
+# settings) when the shipped model's recommended settings change: they are chosen from this study's results.
+SHIPPED_BASE = dict(order="random", num_iter=10, diffusion_steps=50, cfg=1.5, gumbel=AUTHORS_GUMBEL,
+                    deterministic=False, mask_schedule="cosine")
 
 
 
@@ -119,7 +126,7 @@ class Settings:
     num_iter: int | None = None              # I and S of every evaluation but the time grid; None = model defaults
     diffusion_steps: int | None = None
     guidance_cfgs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
-    guidance_gumbels: tuple[float, ...] = (0.03, 0.5, 2.0, 4.0)   # and the random order, their g -> inf limit
+    order_gumbels: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)   # the certainty orders' sweep
     grid_iters: tuple[int, ...] = (4, 10, 16)
     grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
@@ -130,9 +137,9 @@ class Settings:
 
 
 # the settings that list sampling settings to score: every point is a result of its own name
-GRIDS = ("guidance_cfgs", "guidance_gumbels", "grid_iters", "grid_steps")
+GRIDS = ("guidance_cfgs", "order_gumbels", "grid_iters", "grid_steps")
 QUICK = dict(num_samples=10, max_steps=6, eval_every=2, patience=1, heldout=32, batch_size=16, warmup=0,
-             num_iter=4, diffusion_steps=10, guidance_cfgs=(1.0, 3.0), guidance_gumbels=(0.03,), grid_iters=(2, 4),
+             num_iter=4, diffusion_steps=10, guidance_cfgs=(1.0, 3.0), order_gumbels=(0.0, 1.0), grid_iters=(2, 4),
              grid_steps=(5, 10), probe_train=300, probe_test=200, train_images=1000, classifier_images=1000,
              sample_batch=10)
 
@@ -272,8 +279,10 @@ class Lab:
 
     @cached_property
     def sampling(self) -> dict:
-        """The settings every evaluation samples with: the reference model's, I and S as the settings say."""
-        defaults = {**self.shipped.config.sampling.to_dict(), "precision": self.s.precision}
+        """The settings every evaluation samples with: the reference model's (the shipped one's: SHIPPED_BASE), I and
+        S as the settings say."""
+        defaults = {**self.shipped.config.sampling.to_dict(), **(SHIPPED_BASE if self.s.model is None else {}),
+                    "precision": self.s.precision}
         for key in ("num_iter", "diffusion_steps"):
             if getattr(self.s, key) is not None:
                 defaults[key] = getattr(self.s, key)
@@ -526,10 +535,37 @@ def complete(results: dict | list):
     return kept
 
 
+def temperature_sweep(lab: Lab) -> dict[str, list[dict]]:
+    """{certainty order: its results at each sweep temperature present}, one seed (the first) each."""
+    sweep = {order: [lab.optional(lambda o=order, g=g: lab.sample_quality("shipped", lab.s.seed, order=o, gumbel=g))
+                     for g in lab.s.order_gumbels] for order in CERTAINTY}
+    return {order: [r for r in results if r is not None] for order, results in sweep.items()}
+
+
+def best_temperatures(sweep: dict[str, list[dict]]) -> dict[str, float]:
+    """The FD-best sweep temperature of each certainty order that has results."""
+    return {order: min(results, key=lambda r: r["fd"])["sampling"]["gumbel"] for order, results in sweep.items()
+            if results}
+
+
+def order_arms(best: dict[str, float], N: int) -> dict[str, dict]:
+    """The arms of the order comparison: each certainty order at the authors' temperature and at its FD-best one,
+    then the orders that do not read certainty."""
+    arms = {}
+    for order in CERTAINTY:
+        for g in sorted({AUTHORS_GUMBEL, best.get(order, AUTHORS_GUMBEL)}):
+            arms[f"{order} g={g:g}"] = {"order": order, "gumbel": g}
+    return arms | {order: order_overrides(order, N) for order in ("random", "raster", "raster-1")}
+
+
 def ablate_order(lab: Lab) -> dict:
-    N = lab.shipped.config.num_tokens
-    scored = lab.scored_each("shipped", [order_overrides(order, N) for order in ORDERS])
-    return complete(dict(zip(ORDERS, scored, strict=True)))
+    """{"sweep": one seed per certainty order and temperature, "best": each one's FD-best temperature, "arms": every
+    arm scored with all seeds}."""
+    sweep = temperature_sweep(lab)
+    best = best_temperatures(sweep)
+    arms = order_arms(best, lab.shipped.config.num_tokens)
+    scored = lab.scored_each("shipped", list(arms.values()))
+    return {"sweep": sweep, "best": best, "arms": complete(dict(zip(arms, scored, strict=True)))}
 
 
 def ablate_objective(lab: Lab) -> dict:
@@ -548,16 +584,28 @@ def ablate_probe(lab: Lab) -> dict:
     return complete({**out, "pixels": pixels})
 
 
-def guidance_points(s: Settings, order: str) -> list[dict]:
-    """CFG x Gumbel temperature of the reference order (entropy if that is blind to the temperature), then CFG with
-    the random order: the infinite-temperature limit, where the certainty no longer counts."""
-    certainty = "entropy" if order in BLIND_ORDERS else order
-    return ([dict(cfg=cfg, gumbel=gumbel, order=certainty) for gumbel in s.guidance_gumbels for cfg in s.guidance_cfgs]
-            + [dict(cfg=cfg, order="random") for cfg in s.guidance_cfgs])
+def guidance_points(s: Settings, certainty: dict | None) -> list[dict]:
+    """CFG with the random order, and with the certainty order and temperature ``certainty`` (the FD-best of the
+    order study's arms; None before it has results)."""
+    return ([dict(cfg=cfg, order="random") for cfg in s.guidance_cfgs]
+            + ([dict(cfg=cfg, **certainty) for cfg in s.guidance_cfgs] if certainty else []))
+
+
+def best_certainty_arm(lab: Lab) -> dict | None:
+    """The order and temperature of the FD-best certainty-ordered arm of (a), from its stored results (None when
+    they are not all there)."""
+    best = best_temperatures(temperature_sweep(lab))
+    arms = {name: arm for name, arm in order_arms(best, lab.shipped.config.num_tokens).items()
+            if arm["order"] in CERTAINTY}
+    scored = {name: lab.optional(lambda a=arm: lab.scored("shipped", **a)) for name, arm in arms.items()}
+    if not best or any(r is None for r in scored.values()):
+        return None
+    name = min(scored, key=lambda n: scored[n]["fd"])
+    return arms[name]
 
 
 def ablate_guidance(lab: Lab) -> list[dict]:
-    return complete(lab.scored_each("shipped", guidance_points(lab.s, lab.sampling["order"])))
+    return complete(lab.scored_each("shipped", guidance_points(lab.s, best_certainty_arm(lab))))
 
 
 def ablate_time(lab: Lab) -> list[dict]:
@@ -604,8 +652,9 @@ def report_meta(lab: Lab, command: str, wall_seconds: float) -> dict:
     return {"settings": json.loads(json.dumps(dataclasses.asdict(lab.s))), "command": command,
             "machine": "; ".join(f"{m} ({n} results)" for m, n in machines.most_common()) or machine(),
             "sampling_line": f"{sampling['order']} order, I = {sampling['num_iter']}, S = "
-                             f"{sampling['diffusion_steps']}, CFG {sampling['cfg']:g}, Gumbel {sampling['gumbel']:g}, "
-                             "Bernoulli final bits",
+                             f"{sampling['diffusion_steps']}, CFG {sampling['cfg']:g}, "
+                             + ("" if sampling["order"] in BLIND_ORDERS else f"Gumbel {sampling['gumbel']:g}, ")
+                             + "Bernoulli final bits",
             "compute_minutes": sum(stage_time(r)[0] for r in results) / 60, "wall_minutes": wall_seconds / 60,
             "cpu_minutes": sum(stage_time(r)[1] for r in results) / 60, "untimed": untimed_trainings(results),
             "real_fd": evals[0]["reference"]["fd_test_vs_train"] if evals else None,

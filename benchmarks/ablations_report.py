@@ -12,7 +12,10 @@ import math
 import shutil
 from pathlib import Path
 
+from minibigr.authors import settings as authors_settings
+
 REPO = Path(__file__).resolve().parents[1]
+AUTHORS_GUMBEL = authors_settings("script/sample.sh")["gumbel"]
 
 # docs/method.md §8: BiGR-L, ImageNet 256x256, shorter training; FID-50k, seconds per image, linear-probe top-1 (%)
 # (their raster took 8.8 s against 0.69 s, about 256 / 20 network passes: one token per step, our raster-1)
@@ -107,15 +110,18 @@ def claims_section(summary: dict, s: dict) -> list[str]:
     """The paper's claims, each with what the numbers here say (s: the study's settings)."""
     n_test = s["probe_test"]
     rows = []
-    for stage, better, worse, claim in (("order", "entropy", "raster-1", "entropy order beats raster (one per step)"),
-                                        ("order", "entropy", "random", "entropy order beats random order"),
-                                        ("order", "raster-1", "random", "raster (one per step) beats random"),
-                                        ("objective", "flip", "x0", "flip objective beats x0"),
-                                        ("objective", "x0", "direct", "x0 objective beats direct"),
-                                        ("objective", "flip", "direct", "flip objective beats direct")):
-        res = summary.get(stage, {})
+    order = summary.get("order", {"arms": {}, "best": {}})
+    arms, entropy = order["arms"], entropy_arms(order)
+    comparisons = [("order", arms, entropy.get("best"), "raster-1", "entropy order beats raster (one per step)"),
+                   ("order", arms, entropy.get("best"), "random", "entropy order beats random order"),
+                   ("order", arms, entropy.get("authors"), "random", "entropy order beats random order"),
+                   ("order", arms, "raster-1", "random", "raster (one per step) beats random")]
+    comparisons += [("objective", summary.get("objective", {}), better, worse, f"{better} objective beats {worse}")
+                    for better, worse in (("flip", "x0"), ("x0", "direct"), ("flip", "direct"))]
+    for stage, res, better, worse, claim in comparisons:
         if better in res and worse in res:
-            rows.append([claim, f"{res[better]['fd']:.2f} vs {res[worse]['fd']:.2f}", verdict(res, better, worse)])
+            named = f"{claim} ({better} vs {worse})" if stage == "order" else claim
+            rows.append([named, f"{res[better]['fd']:.2f} vs {res[worse]['fd']:.2f}", verdict(res, better, worse)])
     bits = summary.get("bits", {})
     if "bernoulli" in bits and "deterministic" in bits:
         same = not apart(bits["bernoulli"], bits["deterministic"])
@@ -145,15 +151,53 @@ def capped_note(summary: dict, s: dict) -> str:
             "their held-out loss still falling (section (b)): not at convergence.")
 
 
-def order_section(res: dict) -> list[str]:
-    rows = [[f"**{o}**" if o == "entropy" else o, *quality_cells(res[o]), _num(PAPER["order"].get(o)),
-             _num(PAPER["order_seconds"].get(o))] for o in res]
+def entropy_arms(order: dict) -> dict[str, str]:
+    """The names of the entropy order's arms: at its FD-best sweep temperature ("best") and at the authors' ("authors",
+    the lowest of at most two)."""
+    names = sorted((n for n in order.get("arms", {}) if n.startswith("entropy ")),
+                   key=lambda n: float(n.split("=")[1]))
+    best = order.get("best", {}).get("entropy")
+    out = {"authors": names[0]} if names else {}
+    if best is not None and f"entropy g={best:g}" in names:
+        out["best"] = f"entropy g={best:g}"
+    return out
+
+
+def paper_key(arm: str) -> str:
+    """The paper's name of an arm of the order study: "entropy g=0.01" -> "entropy"."""
+    return arm.split(" ")[0]
+
+
+def order_section(res: dict, authors_gumbel: float, image_prefix: str) -> list[str]:
+    sweep, best, arms = res["sweep"], res["best"], res["arms"]
+    gumbels = sorted({r["sampling"]["gumbel"] for results in sweep.values() for r in results})
+    cell = {(o, r["sampling"]["gumbel"]): r for o, results in sweep.items() for r in results}
+
+    def sweep_cells(order: str, g: float) -> list[str]:
+        r = cell.get((order, g))
+        if r is None:
+            return ["—", "—"]
+        fd = f"**{r['fd']:.2f}**" if best.get(order) == g else f"{r['fd']:.2f}"
+        return [fd, _num(r["recall"])]
+
+    sweep_rows = [[f"{g:g}" + (" (authors')" if g == authors_gumbel else ""),
+                   *(c for order in sweep for c in sweep_cells(order, g))] for g in gumbels]
+    arm_rows = [[name, *quality_cells(r), _num(PAPER["order"].get(paper_key(name))),
+                 _num(PAPER["order_seconds"].get(paper_key(name)))] for name, r in arms.items()]
+    entropy = entropy_arms(res)
     return ["## (a) Sampling order (reference model)", "",
-            *table(["order", *QUALITY, "paper FID", "paper s / image"], rows), "",
-            f"Ranking by FD here: {ranking(res)}; over the orders the paper reports: "
-            f"{ranking(res, PAPER['order'])} (paper: {paper_ranking(PAPER['order'])}). raster-1 reveals one "
-            "token per step (I = N, linear schedule) as the paper's raster does; the others share the reference "
-            "schedule.", ""]
+            "First the Gumbel temperature of the two orders that read the model's certainty, one sampling seed "
+            "each (FD and recall; bold: each order's FD-best temperature). Both scores lie in [0, 1] "
+            "(docs/method.md §5), so a temperature means about the same for either.", "",
+            *table(["Gumbel", *(f"{order} {m}" for order in sweep for m in ("FD ↓", "recall"))], sweep_rows), "",
+            f"![FD against the Gumbel temperature]({image_prefix}ablations_order.png)", "",
+            f"Then each certainty order at the authors' temperature ({authors_gumbel:g}, script/sample.sh) and at its "
+            "FD-best one, against the orders that do not read the certainty, with every sampling seed:", "",
+            *table(["order", *QUALITY, "paper FID", "paper s / image"], arm_rows), "",
+            f"Ranking by FD here: {ranking(arms)}; the paper's orders here: "
+            f"{ranking(arms, [entropy.get('best'), 'random', 'raster-1'])} (paper: entropy < raster-1 < random). "
+            "raster-1 reveals one token per step (I = N, linear schedule) as the paper's raster does; the others "
+            "share the reference schedule.", ""]
 
 
 def still_improving(train: dict, s: dict) -> bool:
@@ -246,25 +290,22 @@ def fd_best(res: list[dict]) -> dict:
     return min(res, key=lambda r: r["fd"])
 
 
-def temperature(r: dict) -> float:
-    """A guidance point's Gumbel temperature; the random order is its infinite limit."""
-    return math.inf if r["sampling"]["order"] == "random" else r["sampling"]["gumbel"]
-
-
-def temperature_label(g: float) -> str:
-    return "∞ (random order)" if g == math.inf else f"{g:g}"
+def order_label(r: dict) -> str:
+    """A guidance point's order, with its Gumbel temperature where the order reads it."""
+    sampling = r["sampling"]
+    return sampling["order"] if sampling["order"] == "random" else f"{sampling['order']} g={sampling['gumbel']:g}"
 
 
 def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
     best = fd_best(res)
-    rows = [[f"**{r['sampling']['cfg']:g}**" if r is best else f"{r['sampling']['cfg']:g}",
-             temperature_label(temperature(r)), *quality_cells(r)]
-            for r in sorted(res, key=lambda r: (temperature(r), r["sampling"]["cfg"]))]
+    rows = [[f"**{r['sampling']['cfg']:g}**" if r is best else f"{r['sampling']['cfg']:g}", order_label(r),
+             *quality_cells(r)] for r in sorted(res, key=lambda r: (order_label(r), r["sampling"]["cfg"]))]
     tied = [r for r in res if r is not best and not apart(r, best)]
     ref = best["reference"]
-    return ["## (f) Guidance: CFG scale x Gumbel temperature (reference model; the paper's CFG figure)", "",
-            *table(["CFG", "Gumbel", *QUALITY], rows), "",
-            f"FD-best: CFG {best['sampling']['cfg']:g}, Gumbel {temperature_label(temperature(best))} (FD "
+    return ["## (f) Guidance: CFG scale (reference model; the paper's CFG figure)", "",
+            "The random order, and the FD-best certainty-ordered arm of (a) at its temperature, at each CFG scale.", "",
+            *table(["CFG", "order", *QUALITY], rows), "",
+            f"FD-best: CFG {best['sampling']['cfg']:g}, {order_label(best)} (FD "
             f"{_spread(best)}); {len(tied)} other point(s) within its seeds' ranges. Real test images against the "
             f"train images: precision {ref['precision']:.2f}, recall {ref['recall']:.2f}, class accuracy "
             f"{_pct(ref['class_accuracy_test'])}.", "",
@@ -308,7 +349,7 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
                   + ", ".join(f"`{name}`" for name in meta["missing"]) + ".", ""]
     lines += claims_section(summary, s)
     if "order" in summary:
-        lines += order_section(summary["order"])
+        lines += order_section(summary["order"], AUTHORS_GUMBEL, image_prefix)
     if "objective" in summary:
         lines += objective_section(summary["objective"], s, image_prefix)
     if "bits" in summary:
@@ -364,15 +405,15 @@ def plot_time(results: list[dict], path: Path) -> None:
 
 
 def plot_guidance(results: list[dict], path: Path) -> None:
-    """FD, precision and recall (means, bars: range over seeds) against the CFG scale, one line per Gumbel
-    temperature (the random order as infinite); real test images' precision and recall dashed."""
+    """FD, precision and recall (means, bars: range over seeds) against the CFG scale, one line per order (and
+    temperature); real test images' precision and recall dashed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, metric, label in zip(axes, ("fd", "precision", "recall"), ("FD ↓", "precision", "recall"), strict=True):
-        for g in sorted({temperature(r) for r in results}):
-            line = sorted((r for r in results if temperature(r) == g), key=lambda r: r["sampling"]["cfg"])
+        for name in sorted({order_label(r) for r in results}):
+            line = sorted((r for r in results if order_label(r) == name), key=lambda r: r["sampling"]["cfg"])
             ax.errorbar([r["sampling"]["cfg"] for r in line], [r[metric] for r in line], yerr=_error(line, metric),
-                        fmt="o-", capsize=3, label=f"Gumbel {temperature_label(g)}")
+                        fmt="o-", capsize=3, label=name)
         if metric != "fd":
             ax.axhline(results[0]["reference"][metric], color="gray", ls="--", label="real test images")
         ax.set_xlabel("CFG scale")
@@ -380,6 +421,38 @@ def plot_guidance(results: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(bottom=0)
     axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_order(order: dict, path: Path) -> None:
+    """FD (one seed) against the Gumbel temperature for each certainty order, the random order's FD (mean, its
+    range shaded) as the infinite-temperature limit. Temperature 0 sits at the left edge of the log axis."""
+    sweep = order["sweep"]
+    positive = [r["sampling"]["gumbel"] for results in sweep.values() for r in results if r["sampling"]["gumbel"] > 0]
+    if not positive:
+        return
+    zero_at = min(positive) / 3
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, results in sweep.items():
+        line = sorted(results, key=lambda r: r["sampling"]["gumbel"])
+        ax.plot([r["sampling"]["gumbel"] or zero_at for r in line], [r["fd"] for r in line], "o-",
+                label=f"{name} order")
+    if "random" in order["arms"]:
+        r = order["arms"]["random"]
+        ax.axhline(r["fd"], color="k", ls="--", lw=1, label="random order (3 seeds)")
+        ax.axhspan(*r["fd_range"], color="k", alpha=0.1)
+    ax.axvline(AUTHORS_GUMBEL, color="grey", ls=":", lw=1, label="the authors' temperature")
+    ax.set_xscale("log")
+    ax.set_xticks([zero_at, *sorted(set(positive))], ["0", *(f"{g:g}" for g in sorted(set(positive)))])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("Gumbel temperature g")
+    ax.set_ylabel("FD (own-classifier features)")
+    ax.set_title("FD of the certainty orders against the temperature (one seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -422,8 +495,11 @@ def plot_bars(summary: dict, path: Path, n_test: int) -> None:
     panels = []
     for stage, title in (("order", "sampling order"), ("objective", "transcoder objective"), ("bits", "final bits")):
         if stage in summary:
-            res = summary[stage]
-            panels.append((title, {k: v["fd"] for k, v in res.items()}, PAPER[stage], "FD", _error(list(res.values())),
+            res = summary[stage]["arms"] if stage == "order" else summary[stage]
+            paper = ({k: PAPER["order"][paper_key(k)] for k in res if paper_key(k) in PAPER["order"]}
+                     if stage == "order" else PAPER[stage])
+            panels.append((title, {k.replace(" g=", "\ng="): v["fd"] for k, v in res.items()},
+                           {k.replace(" g=", "\ng="): v for k, v in paper.items()}, "FD", _error(list(res.values())),
                            ".2f"))
     if "probe" in summary:
         names = {"flip": "cond.", "unconditional": "uncond.", "shipped": "reference", "pixels": "pixels"}
@@ -457,6 +533,9 @@ def write_report(summary: dict, meta: dict, out: Path, publish: bool = False, re
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "ablations.md"]
     written[0].write_text(report_markdown(summary, meta))
+    if "order" in summary and summary["order"]["sweep"]:
+        plot_order(summary["order"], out / "ablations_order.png")
+        written.append(out / "ablations_order.png")
     if "time" in summary:
         plot_time(summary["time"], out / "ablations_time.png")
         written.append(out / "ablations_time.png")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from minibigr import BiGR, BiGRConfig, BiGRPipeline, BinaryAutoencoder, TokenizerConfig, official
+from minibigr import BiGR, BiGRConfig, BiGRPipeline, BinaryAutoencoder, TokenizerConfig, authors, official
 
 SIZES = {16: "BiGR-L", 20: "BiGR-XL", 24: "BiGR-XXL"}           # heads -> the preset of that published size
 
@@ -29,7 +29,7 @@ def published_pipeline(name: str, dtype: torch.dtype) -> BiGRPipeline:
     """Random weights in the published architecture of ``name`` and of its B-AE."""
     entry, bae = official.MODELS[name], official.BAES[official.MODELS[name].bae]
     K, grid = (32 if "d32" in name else 24), entry.image_size // 16
-    overrides = dict(K=K, num_tokens=grid * grid, sampling=entry.sampling)
+    overrides = dict(K=K, num_tokens=grid * grid, sampling=authors.settings(entry.sampling))
     if entry.image_size == 512:                     # the 512 model's transcoder: 6 blocks of width 1280
         overrides.update(transcoder_blocks=6, transcoder_width=1280)
     model = BiGR(BiGRConfig.preset(SIZES[entry.num_heads], **overrides)).to(dtype).eval()

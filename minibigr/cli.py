@@ -146,7 +146,7 @@ def cmd_sample(args):
     with tqdm(total=pipe.model.config.sampling.replace(**settings).num_iter, desc="sampling steps", leave=False,
               dynamic_ncols=True, disable=None) as bar:
         images = pipe(torch.tensor(labels).repeat_interleave(args.per_class), generator=_generator(args),
-                      callback=lambda step, tokens, mask: bar.update(), **settings)
+                      callback=lambda step: bar.update(), **settings)
     save_image_grid(images, out, nrow=args.per_class)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, images=(images.cpu().numpy() * 255).round().astype(np.uint8),

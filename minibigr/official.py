@@ -5,9 +5,9 @@
     model = official.load_bigr("bigr_L_d24.pt")     # or a file you have, or a state dict
 
 ``MODELS`` and ``BAES`` list every published file: where it is in the repository, its size, its image
-size, the B-AE a model reads and the model's published sampling settings. Every size is read off the
-tensor shapes; only what shapes cannot tell (number of heads, image size) comes from the registry or an
-argument. Loading is exact (the same inputs give the same outputs as the authors' code) and lean: the
+size, the B-AE a model reads and the authors' file whose sampling settings the model takes (minibigr.authors).
+Every size is read off the tensor shapes; only what shapes cannot tell (number of heads, image size) comes from the
+registry or an argument. Loading is exact (the same inputs give the same outputs as the authors' code) and lean: the
 model is built on the meta device and takes the file's tensors, memory-mapped, so a checkpoint needs
 about its own size in memory. Files are read with ``torch.load(..., weights_only=True)``: tensors only.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .authors import settings as authors_settings
 from .backbone import ffn_hidden_dim
 from .checkpoint import load_strict, read_state_dict
 from .config import PRESETS, BiGRConfig
@@ -45,15 +46,11 @@ class Published:
     image_size: int
     bae: str | None = None          # a BiGR model: the name (in BAES) of the B-AE whose tokens it reads
     num_heads: int | None = None    # a BiGR model: attention heads (the one size the weights cannot tell)
-    sampling: dict | None = None    # a BiGR model: its published sampling settings
+    sampling: str | None = None     # a BiGR model: the authors' file whose sampling settings it takes (authors.QUOTED)
 
 
-# The authors' scripts (script/sample.sh for BiGR-L-d24, script/sample_512.sh for the 512 model) sample with
-# CFG 3, 20 iterations, Gumbel 0.01 and 100 reverse steps, through their code's confidence order. For XL and
-# XXL there is no script: the paper's settings (CFG 2.5, 25 iterations, Gumbel 0.25 / 0.30), same order.
-SCRIPTS = dict(cfg=3.0, num_iter=20, gumbel=0.01, diffusion_steps=100, order="confidence")
-PAPER_XL = dict(cfg=2.5, num_iter=25, gumbel=0.25, diffusion_steps=100, order="confidence")
-PAPER_XXL = {**PAPER_XL, "gumbel": 0.30}
+# The authors sample BiGR-L-d24 with script/sample.sh and the 512 model with script/sample_512.sh; no file of
+# theirs samples XL or XXL, so those take sample.sh's settings too.
 
 BAES = {
     "d24": Published("bae/bae_d24/binaryae_ema_1000000.th", 0.332, 256),
@@ -61,11 +58,11 @@ BAES = {
     "d32-512": Published("bae/bae_d32_512/binaryae_ema_720000.th", 0.315, 512),
 }
 MODELS = {
-    "BiGR-L-d24": Published("gpt/bigr_L_d24.pt", 1.35, 256, "d24", 16, SCRIPTS),
-    "BiGR-XL-d24": Published("gpt/bigr_XL_d24.pt", 3.20, 256, "d24", 20, PAPER_XL),
-    "BiGR-XXL-d24": Published("gpt/bigr_XXL_d24.pt", 5.92, 256, "d24", 24, PAPER_XXL),
-    "BiGR-XXL-d32": Published("gpt/bigr_XXL_d32.pt", 5.92, 256, "d32", 24, PAPER_XXL),
-    "BiGR-L-d32-res512": Published("gpt/bigr_L_d32_512.pt", 1.49, 512, "d32-512", 16, SCRIPTS),
+    "BiGR-L-d24": Published("gpt/bigr_L_d24.pt", 1.35, 256, "d24", 16, "script/sample.sh"),
+    "BiGR-XL-d24": Published("gpt/bigr_XL_d24.pt", 3.20, 256, "d24", 20, "script/sample.sh"),
+    "BiGR-XXL-d24": Published("gpt/bigr_XXL_d24.pt", 5.92, 256, "d24", 24, "script/sample.sh"),
+    "BiGR-XXL-d32": Published("gpt/bigr_XXL_d32.pt", 5.92, 256, "d32", 24, "script/sample.sh"),
+    "BiGR-L-d32-res512": Published("gpt/bigr_L_d32_512.pt", 1.49, 512, "d32-512", 16, "script/sample_512.sh"),
 }
 
 
@@ -358,10 +355,11 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
 
     Every size is read off the weights (entry "ema" when present, else "model"; nothing else of the file
     is read into memory); only the number of heads cannot be, and defaults to the published model of that
-    width (1024 -> 16, 1280 -> 20, 1536 -> 24). The recommended sampling settings are the registry's for a
-    name, else those of the published size. overrides set other BiGRConfig fields (dropouts, objective,
-    ``sampling=`` a dict or a SamplingConfig of the settings to change); one that contradicts the weights is
-    an error. Loading is strict. The model is returned in eval mode, in ``dtype`` if given (e.g. bfloat16).
+    width (1024 -> 16, 1280 -> 20, 1536 -> 24). The recommended sampling settings are those of the authors' file
+    the registry names for a name (minibigr.authors), else the SamplingConfig defaults (the authors' sample.sh).
+    overrides set other BiGRConfig fields (dropouts, objective, ``sampling=`` a dict or a SamplingConfig of the
+    settings to change); one that contradicts the weights is an error. Loading is strict. The model is returned in
+    eval mode, in ``dtype`` if given (e.g. bfloat16).
     """
     published_entry = _registered(state_dict_or_path, MODELS, "BiGR model")
     source = hub_file(published_entry.path) if published_entry else state_dict_or_path
@@ -377,12 +375,12 @@ def load_bigr(state_dict_or_path, entry: str | None = None, num_heads: int | Non
                if k in inferred and inferred[k] != v and not (k in same and same[k](v))]
     if clashes:
         raise ValueError(f"overrides contradict the checkpoint: {', '.join(clashes)}")
-    # the recommended sampling settings: the registry's, else the published model of this size's, if it is one
+    # the published model of this size, if it is one: its preset's fields
     published = next((p for p in PRESETS.values() if p["dim"] == inferred["dim"] and p["n_layer"] == inferred["n_layer"]
                       and p["transcoder_blocks"] == inferred["transcoder_blocks"]), {})
     fields = {**published, **inferred, **overrides}
     asked = overrides.get("sampling", {})
-    sampling = {**(published_entry.sampling if published_entry else published.get("sampling", {})),
+    sampling = {**(authors_settings(published_entry.sampling) if published_entry else published.get("sampling", {})),
                 **(asked.to_dict() if isinstance(asked, SamplingConfig) else asked)}
     if "diffusion_steps" not in sampling:           # the default S = 100 needs T >= 100
         sampling["diffusion_steps"] = min(SamplingConfig.diffusion_steps, fields.get("T", 256))

@@ -1,7 +1,8 @@
 """Entropy-ordered sampling (docs/method.md §5): reveal the most certain tokens first.
 
 All N tokens start masked. At step i = 1..I a predictor gives p (B, N, K) for every token; each
-still-masked token is scored by its certainty, the scores are perturbed with Gumbel noise, and the
+still-masked token is scored by its certainty in [0, 1] (the mean bit entropy expressed as a confidence,
+or the authors' confidence), the scores are perturbed with Gumbel noise, and the
 best tokens are revealed (bits ~ Bernoulli(p)) until only floor(n * cos(pi/2 * i/I)) stay masked.
 Tokens that are given (inpainting) never change and are never counted. The raster and random orders
 choose without looking at p, so they choose first and ask the predictor for the chosen tokens only.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .authors import settings as authors_settings
 from .quantizer import quantize
 
 ORDERS = ("entropy", "confidence", "random", "raster")
@@ -32,8 +34,6 @@ PRECISIONS = ("float32", "bfloat16")
 # predict(tokens (B, N, K), mask (B, N) bool True = masked, step i in 1..I, chosen) -> p (B, N, K), where
 # chosen is None (p of every masked token is used) or (B, N) bool: only these tokens' p is used
 Predictor = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor | None], torch.Tensor]
-# callback(step i, tokens (B, N, K), mask (B, N) bool True = still masked), after every step
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,27 +43,33 @@ def _setting(default, help: str, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+# the defaults: what the authors' sampling script runs (script/sample.sh, BiGR-L-d24; minibigr/authors.py)
+SCRIPT = authors_settings("script/sample.sh")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Every setting of a sampling call (BiGR.generate); the defaults are BiGR-L's published ones.
+    """Every setting of a sampling call (BiGR.generate); the defaults are the authors' script/sample.sh's.
 
     A model's recommended settings are ``model.config.sampling``; ``replace(**overrides)`` changes some.
     """
 
-    num_iter: int = _setting(20, "sampling steps I: tokens are revealed over I steps")
-    cfg: float = _setting(2.5, "classifier-free guidance scale g (1 = the plain conditional model)")
-    cfg_schedule: str = _setting("constant", "guidance per step: constant g, or linear 1 + (g - 1) i/I",
+    num_iter: int = _setting(SCRIPT["num_iter"], "sampling steps I: tokens are revealed over I steps")
+    cfg: float = _setting(SCRIPT["cfg"], "classifier-free guidance scale g (1 = the plain conditional model)")
+    cfg_schedule: str = _setting(SCRIPT["cfg_schedule"], "guidance per step: constant g, or linear 1 + (g - 1) i/I",
                                  CFG_SCHEDULES)
-    gumbel: float = _setting(0.17, "Gumbel temperature of the token order (0 = strictly most certain first)")
-    gumbel_schedule: str = _setting("constant", "Gumbel temperature per step: constant g, down g (1 - i/I), "
-                                    "up g i/I", GUMBEL_SCHEDULES)
-    order: str = _setting("entropy", "which tokens first: lowest entropy (the paper), highest confidence "
-                          "(the authors' code), random, or raster", ORDERS)
-    diffusion_steps: int = _setting(100, "reverse-chain steps S of the transcoder (at most its T)")
-    temperature: float = _setting(1.0, "temperature of the transcoder's logits")
-    deterministic: bool = _setting(False, "revealed bits are [p > 1/2] instead of Bernoulli(p)")
-    mask_schedule: str = _setting("cosine", "tokens left masked after step i: n cos(pi/2 i/I), or n (1 - i/I)",
-                                  MASK_SCHEDULES)
+    gumbel: float = _setting(SCRIPT["gumbel"], "Gumbel temperature of the token order (0 = strictly most certain "
+                             "first; both certainty scores lie in [0, 1], so it means about the same for either)")
+    gumbel_schedule: str = _setting(SCRIPT["gumbel_schedule"], "Gumbel temperature per step: constant g, down "
+                                    "g (1 - i/I), up g i/I", GUMBEL_SCHEDULES)
+    order: str = _setting(SCRIPT["order"], "which tokens first: lowest mean bit entropy (the paper), highest "
+                          "confidence (the authors' code), random, or raster", ORDERS)
+    diffusion_steps: int = _setting(SCRIPT["diffusion_steps"], "reverse-chain steps S of the transcoder (at most "
+                                    "its T)")
+    temperature: float = _setting(SCRIPT["temperature"], "temperature of the transcoder's logits")
+    deterministic: bool = _setting(SCRIPT["deterministic"], "revealed bits are [p > 1/2] instead of Bernoulli(p)")
+    mask_schedule: str = _setting(SCRIPT["mask_schedule"], "tokens left masked after step i: n cos(pi/2 i/I), or "
+                                  "n (1 - i/I)", MASK_SCHEDULES)
     precision: str = _setting("float32", "matmul precision of backbone and transcoder: bfloat16 autocast is faster "
                               "on GPUs and on CPUs with native bf16; draws, p0 and posterior stay float32",
                               PRECISIONS)
@@ -79,8 +85,10 @@ class SamplingConfig:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if not self.gumbel >= 0:
             problems.append(f"gumbel must be >= 0, got {self.gumbel}")
-        if not math.isfinite(self.cfg):
-            problems.append(f"cfg must be a finite number, got {self.cfg}")
+        if not (math.isfinite(self.cfg) and self.cfg >= 0):
+            # below 0 the guidance pushes away from the class (anti-guidance): refused, as nothing here needs it
+            problems.append(f"cfg must be >= 0 and finite (0 samples the unconditional model, 1 the conditional "
+                            f"one, more guides towards the class), got {self.cfg}")
         if problems:
             raise ValueError("invalid sampling settings: " + "; ".join(problems))
 
@@ -139,14 +147,44 @@ def cfg_scale(g: float, schedule: str, i: int, num_iter: int) -> float:
 # ----------------------------------------------------------------------------------------------
 # Scores: higher = more certain = revealed first
 # ----------------------------------------------------------------------------------------------
-def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """H = -sum_k [p_k log p_k + (1 - p_k) log(1 - p_k)] (nats).  p (B, N, K) -> (B, N)."""
-    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).sum(-1)
+def bit_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -[p log p + (1 - p) log(1 - p)] of each bit, in nats (0 to ln 2).  p (...) -> (...)."""
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+
+
+def inverse_bit_entropy(h: torch.Tensor) -> torch.Tensor:
+    """The q in [0, 1/2] with H(q) = h, for h in [0, ln 2] nats, by bisection (H rises on [0, 1/2]).
+
+    Halving [0, 1/2] once per bit of the dtype's mantissa, and twice more, leaves an interval below its resolution.
+    h (...) -> (...).
+    """
+    lo, hi = torch.zeros_like(h), torch.full_like(h, 0.5)
+    for _ in range(2 - int(math.log2(torch.finfo(h.dtype).eps))):
+        mid = (lo + hi) / 2
+        below = bit_entropy(mid) < h
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def entropy_certainty(p: torch.Tensor) -> torch.Tensor:
+    """The paper's low-entropy-first score on the confidence's scale: 1 - 2 q, where H(q) = mean_k H(p_k).
+
+    q is the minority probability of one bit whose entropy is the token's mean bit entropy, so the score is the
+    ``confidence`` |2 p - 1| of that bit: 1 when every bit is certain, 0 when every bit is a coin flip, and exactly
+    the confidence when all K bits are equally certain. It orders tokens by their mean bit entropy (low first), and
+    a Gumbel temperature perturbs it about as much as it perturbs the confidence (benchmarks/gumbel_scale.py).
+    p (B, N, K) -> (B, N).
+    """
+    return 1 - 2 * inverse_bit_entropy(bit_entropy(p).mean(-1))
 
 
 def confidence(p: torch.Tensor) -> torch.Tensor:
-    """The official code's certainty: mean_k |p_k - 1/2| * 2.  p (B, N, K) -> (B, N)."""
+    """The authors' certainty (llama/gpt.py, generate_with_cfg): mean_k |p_k - 1/2| * 2 in [0, 1].
+    p (B, N, K) -> (B, N)."""
     return (p - 0.5).abs().mean(-1) * 2
+
+
+CERTAINTY = {"entropy": entropy_certainty, "confidence": confidence}   # the orders that read p: higher = first
 
 
 def gumbel_noise(shape, generator: torch.Generator | None = None, device=None,
@@ -165,10 +203,8 @@ def perturbed_scores(p: torch.Tensor | None, order: str, gumbel: float, G: torch
     "raster" reveals positions left to right, top to bottom, and ignores the noise. Neither reads p
     (BLIND_ORDERS: p may be None).
     """
-    if order == "entropy":
-        return -binary_entropy(p) + gumbel * G
-    if order == "confidence":
-        return confidence(p) + gumbel * G
+    if order in CERTAINTY:
+        return CERTAINTY[order](p) + gumbel * G
     if order == "random":
         return G
     if order == "raster":
@@ -193,24 +229,44 @@ def select(scores: torch.Tensor, mask: torch.Tensor, n_reveal: torch.Tensor) -> 
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingStep:
+    """What a ``callback`` sees after step i of I: the state of the loop, nothing it could change.
+
+    tokens (B, N, K) after the step; mask (B, N) bool, True = still masked after the step; chosen (B, N) bool,
+    the tokens this step revealed; p (B, N, K) the bit probabilities the step used, and scored (B, N) bool the
+    tokens whose p it computed (every token masked before the step for a certainty order, only the chosen
+    ones for a blind order; p is 1/2 elsewhere); settings the run's SamplingConfig.
+    """
+
+    i: int
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    chosen: torch.Tensor
+    p: torch.Tensor
+    scored: torch.Tensor
+    settings: SamplingConfig
+
+
+# callback(step) after every step; it must draw no random numbers (the run's draws stay the same with or without it)
+Callback = Callable[[SamplingStep], None]
+
+
 class RevealOrder:
     """A ``callback`` that records which step revealed each token.
 
-        order = RevealOrder(given)                    # given (B, N) bool, or None: every token is generated
-        tokens = model.generate(labels, given=given, tokens=..., callback=order)
+        order = RevealOrder()
+        tokens = model.generate(labels, callback=order)
         order.revealed_at                             # (B, N) int64: step 1..I, 0 for given tokens
     """
 
-    def __init__(self, given: torch.Tensor | None = None):
-        self.given = given
+    def __init__(self):
         self.revealed_at: torch.Tensor | None = None
 
-    def __call__(self, step: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        if self.revealed_at is None:                  # before step 1 every token but the given ones was masked
-            self.revealed_at = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
-            self._masked = torch.ones_like(mask) if self.given is None else ~self.given.to(mask.device)
-        self.revealed_at[self._masked & ~mask] = step
-        self._masked = mask
+    def __call__(self, step: SamplingStep) -> None:
+        if self.revealed_at is None:
+            self.revealed_at = torch.zeros(step.mask.shape, dtype=torch.int64, device=step.mask.device)
+        self.revealed_at[step.chosen] = step.i
 
 
 @torch.no_grad()
@@ -223,7 +279,7 @@ def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor 
     tokens to keep (None: generate everything). The loop uses the settings' num_iter, order, gumbel,
     gumbel_schedule, deterministic and mask_schedule. gumbels (I, B, N) and uniforms (I, B, N, K) make
     the Gumbel and Bernoulli draws explicit; otherwise they come from ``generator``.
-    ``callback(i, tokens, mask)`` sees the tokens and the still-masked positions after every step i.
+    ``callback(step)`` sees a ``SamplingStep`` after every step (it must not draw random numbers).
     Returns tokens (B, N, K) in {0,1}.
     """
     s = settings
@@ -255,7 +311,8 @@ def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor 
         bits = quantize(p, deterministic=s.deterministic, generator=generator,
                         uniform=uniforms[i - 1] if uniforms is not None else None)
         tokens = torch.where(chosen[..., None], bits, tokens)
+        scored = chosen if s.order in BLIND_ORDERS else mask        # the tokens whose p this step computed
         mask = mask & ~chosen
         if callback is not None:
-            callback(i, tokens, mask)
+            callback(SamplingStep(i, tokens, mask, chosen, p, scored, s))
     return tokens

@@ -1,7 +1,8 @@
 """Reference entropy-ordered sampler (docs/method.md §5), NumPy float64 + a Numba top-k kernel.
 
 All N tokens start masked (given tokens excepted). At step i = 1..I the predictor gives p (B, N, K);
-each masked token is scored (low binary entropy = certain = first), Gumbel noise g G is added,
+each masked token is scored by its certainty in [0, 1] (the mean bit entropy as a confidence, or the
+authors' confidence; higher = first), Gumbel noise g G is added,
 and the best masked tokens of each row are revealed, bits = [u < p], until floor(n cos(pi/2 i/I))
 remain masked. Gumbel G (I, B, N) and uniforms u (I, B, N, K) are explicit arguments.
 """
@@ -63,9 +64,25 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
         return np.where(x > 0, x * np.log(x), 0.0)
 
 
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """H = -sum_k [p_k log p_k + (1 - p_k) log(1 - p_k)] in nats.  p (B, N, K) -> (B, N)."""
-    return -(_xlogx(p) + _xlogx(1 - p)).sum(-1)
+def bit_entropy(p: np.ndarray) -> np.ndarray:
+    """H(p) = -[p log p + (1 - p) log(1 - p)] of each bit, in nats."""
+    return -(_xlogx(p) + _xlogx(1 - p))
+
+
+def inverse_bit_entropy(h: np.ndarray) -> np.ndarray:
+    """q in [0, 1/2] with H(q) = h by bisection: the interval halved once per mantissa bit of float64, twice more."""
+    lo, hi = np.zeros_like(h), np.full_like(h, 0.5)
+    for _ in range(np.finfo(np.float64).nmant + 2):
+        mid = (lo + hi) / 2
+        below = bit_entropy(mid) < h
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def entropy_certainty(p: np.ndarray) -> np.ndarray:
+    """1 - 2 q with H(q) = mean_k H(p_k): the confidence of one bit of the token's mean bit entropy.
+    p (B, N, K) -> (B, N)."""
+    return 1 - 2 * inverse_bit_entropy(bit_entropy(p).mean(-1))
 
 
 def confidence(p: np.ndarray) -> np.ndarray:
@@ -79,7 +96,7 @@ def perturbed_scores(p: np.ndarray, order: str, gumbel: float, G: np.ndarray) ->
     "random" is G alone, "raster" the position -n (left to right, top to bottom, no noise).
     """
     if order == "entropy":
-        return -binary_entropy(p) + gumbel * G
+        return entropy_certainty(p) + gumbel * G
     if order == "confidence":
         return confidence(p) + gumbel * G
     if order == "random":

@@ -108,7 +108,7 @@ def test_settings_are_pinned_per_results_directory(tmp_path):
     with pytest.raises(ValueError, match="classifier"):         # other features: FDs would not compare
         ab.pin_settings(path, ab.Settings(), sampling, "cnn-b")
     ab.pin_settings(path, ab.Settings(), {**sampling, "cfg": 3.0}, "cnn-a")  # new recommended CFG: other names
-    ab.pin_settings(path, ab.Settings(guidance_gumbels=(0.03, 2.0)), sampling, "cnn-a")  # more points: more results
+    ab.pin_settings(path, ab.Settings(order_gumbels=(0.03, 2.0)), sampling, "cnn-a")  # more points: more results
 
 
 def test_the_shipped_classifier_scores_the_study(tmp_path):
@@ -130,13 +130,22 @@ def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
         assert ab.eval_name("m", {**first, "order": blind}) == ab.eval_name("m", {**first, "order": blind, "gumbel": 4})
 
 
-def test_the_guidance_grid_ends_with_the_random_order_its_infinite_temperature_limit():
-    s = ab.Settings(guidance_cfgs=(1.0, 2.0), guidance_gumbels=(0.03, 4.0))
-    points = ab.guidance_points(s, "entropy")
-    assert points[:4] == [dict(cfg=1.0, gumbel=0.03, order="entropy"), dict(cfg=2.0, gumbel=0.03, order="entropy"),
-                          dict(cfg=1.0, gumbel=4.0, order="entropy"), dict(cfg=2.0, gumbel=4.0, order="entropy")]
-    assert points[4:] == [dict(cfg=1.0, order="random"), dict(cfg=2.0, order="random")]
-    assert ab.guidance_points(s, "random") == points              # a blind reference order: entropy's temperature
+def test_the_guidance_grid_is_the_random_order_and_the_best_certainty_arm_at_each_cfg():
+    s = ab.Settings(guidance_cfgs=(1.0, 2.0))
+    points = ab.guidance_points(s, {"order": "confidence", "gumbel": 0.1})
+    assert points == [dict(cfg=1.0, order="random"), dict(cfg=2.0, order="random"),
+                      dict(cfg=1.0, order="confidence", gumbel=0.1), dict(cfg=2.0, order="confidence", gumbel=0.1)]
+    assert ab.guidance_points(s, None) == points[:2]              # before the order study has its results
+
+
+def test_the_order_arms_are_each_certainty_order_at_the_authors_and_its_best_temperature():
+    arms = ab.order_arms({"entropy": 0.3, "confidence": ab.AUTHORS_GUMBEL}, 64)
+    assert list(arms) == ["entropy g=0.01", "entropy g=0.3", "confidence g=0.01", "random", "raster", "raster-1"]
+    assert arms["entropy g=0.3"] == {"order": "entropy", "gumbel": 0.3}
+    assert arms["raster-1"] == {"order": "raster", "num_iter": 64, "mask_schedule": "linear"}
+    sweep = {"entropy": [{"fd": 2.0, "sampling": {"gumbel": 0.0}}, {"fd": 1.5, "sampling": {"gumbel": 1.0}}],
+             "confidence": []}
+    assert ab.best_temperatures(sweep) == {"entropy": 1.0}
 
 
 class IndexCodes:
@@ -237,8 +246,8 @@ REFERENCE = {"fd_test_vs_train": 0.37, "precision": 0.7, "recall": 0.75, "class_
 
 
 def fake_eval(model, fd, seconds=0.8, **sampling):
-    base = {"order": "entropy", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
-            "gumbel": 0.03, "mask_schedule": "cosine"}
+    base = {"order": "random", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
+            "gumbel": 0.01, "mask_schedule": "cosine"}
     return {"samples": 200, "fd": fd, "class_accuracy": 0.81, "precision": 0.83, "recall": 0.27, "knn_points": 200,
             "seconds_per_image": 2 * seconds, "cpu_seconds_per_image": seconds, "reference": REFERENCE,
             "model": model, "seconds": 60.0, "sampling": {**base, **sampling}}
@@ -250,14 +259,18 @@ def fake_probe(top1):
 
 
 def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
-    """Every evaluation for seeds 0, 1, 2 with FD mean - 0.1, mean, mean + 0.1 (a range of 0.2)."""
-    orders = [ab.order_overrides(o, 64) for o in ab.ORDERS]
-    evals = [fake_eval("shipped", fd, **o) for o, fd in zip(orders, (3.0, 3.5, 9.0, 4.0, 4.05), strict=True)]
-    evals.append(fake_eval("shipped", 3.05, deterministic=True))
+    """Every evaluation for seeds 0, 1, 2 with FD mean - 0.1, mean, mean + 0.1 (a range of 0.2). The temperature sweep
+    puts entropy's FD-best at 0.1 (FD 3.0) and confidence's at 0.03 (3.5); random scores 9.0 at every CFG but 3."""
+    best = {"entropy": (0.1, 3.0), "confidence": (0.03, 3.5)}
+    evals = [fake_eval("shipped", best[o][1] + abs(g - best[o][0]), order=o, gumbel=g)
+             for o in best for g in lab.s.order_gumbels]
+    evals += [fake_eval("shipped", fd, **ab.order_overrides(o, 64))
+              for o, fd in (("random", 9.0), ("raster", 4.0), ("raster-1", 4.05))]
+    evals.append(fake_eval("shipped", 9.05, deterministic=True))
     evals += [fake_eval(o, fd, seconds=0.1 if o == "direct" else 0.8)
               for o, fd in zip(ab.OBJECTIVES, (5.0, 7.0, 6.0), strict=True)]
-    evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2 + gumbel, cfg=cfg, gumbel=gumbel)
-              for cfg in lab.s.guidance_cfgs for gumbel in lab.s.guidance_gumbels if (cfg, gumbel) != (3.0, 0.03)]
+    evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2, cfg=cfg, order="entropy", gumbel=0.1)  # CFG 3: in the orders
+              for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     evals += [fake_eval("shipped", 9.0 + (cfg - 3) ** 2, cfg=cfg, order="random")   # random at CFG 3: in the orders
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     if with_time:
@@ -286,8 +299,13 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     store_fake_results(lab)
     summary = ab.run_ablations(lab, only=())             # read-only: any missing result would be left out
     assert set(summary) == set(ab.STAGES)
-    assert summary["order"]["entropy"] == summary["bits"]["bernoulli"]     # one result serves both
-    assert summary["order"]["entropy"]["fd_range"] == [2.9, 3.1] and len(summary["order"]["entropy"]["runs"]) == 3
+    arms = summary["order"]["arms"]
+    assert arms["random"] == summary["bits"]["bernoulli"]                # one result serves both
+    assert summary["order"]["best"] == {"entropy": 0.1, "confidence": 0.03}
+    assert list(arms) == ["entropy g=0.01", "entropy g=0.1", "confidence g=0.01", "confidence g=0.03", "random",
+                          "raster", "raster-1"]
+    assert arms["entropy g=0.1"]["fd_range"] == [2.9, 3.1] and len(arms["entropy g=0.1"]["runs"]) == 3
+    assert [len(summary["order"]["sweep"][o]) for o in ("entropy", "confidence")] == [len(lab.s.order_gumbels)] * 2
     assert len(summary["time"]) == len(lab.s.grid_iters) * len(lab.s.grid_steps)
 
     (tmp_path / "benchmarks").mkdir()
@@ -297,28 +315,32 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     md = (lab.out / "ablations.md").read_text()
     for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
         assert header in md
-    assert "| **entropy** | 3.00 (2.90–3.10) | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
-    assert "Ranking by FD here: entropy < confidence < raster ≈ raster-1 < random" in md
-    assert "entropy < raster-1 < random (paper: entropy < raster-1 < random)" in md
+    assert "| entropy g=0.1 | 3.00 (2.90–3.10) | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
+    assert "| 0.01 (authors') | 2.99 | 0.27 | 3.42 | 0.27 |" in md and "| 0.1 | **2.90** | 0.27 | 3.47 | 0.27 |" in md
+    assert ("Ranking by FD here: entropy g=0.1 ≈ entropy g=0.01 < confidence g=0.03 ≈ confidence g=0.01 < raster ≈ "
+            "raster-1 < random") in md
+    assert "entropy g=0.1 < raster-1 < random (paper: entropy < raster-1 < random)" in md
+    assert "| entropy order beats random order (entropy g=0.01 vs random) | 3.09 vs 9.00 | holds |" in md
     assert "flip < direct < x0 (paper: flip < x0 < direct)" in md
     assert "| flip objective beats x0 | 5.00 vs 7.00 | holds |" in md
     assert "| x0 objective beats direct | 7.00 vs 6.00 | reversed |" in md
-    assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 3.00 vs 3.05 | holds (within" in md
+    assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 9.00 vs 9.05 | holds (within" in md
     assert "+4.0 points, two standard errors ± 1.7 (paper: +0.8): holds." in md      # 5000 test images
     assert "| unconditional training probes no worse (+0.8 points) | +4.0 points (± 1.7) | holds |" in md
-    assert "FD-best: CFG 2, Gumbel 0.03" in md and "| **2** | 0.03 |" in md
-    assert "| 1 | ∞ (random order) | 13.00 (12.90–13.10) |" in md
+    assert "FD-best: CFG 2, entropy g=0.1" in md and "| **2** | entropy g=0.1 | 2.50 (2.40–2.60) |" in md
+    assert "| 1 | random | 13.00 (12.90–13.10) |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
     assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_guidance.png)" in published
     assert "| 1500 | 3500 | yes |" in md and "Not converged" not in md     # stopped by the rule, not the cap
-    for png in ("ablations_time.png", "ablations_bars.png", "ablations_guidance.png", "ablations_training.png"):
+    for png in ("ablations_order.png", "ablations_time.png", "ablations_bars.png", "ablations_guidance.png",
+                "ablations_training.png"):
         for where in (lab.out, tmp_path / "docs"):
             assert where / png in written
             with Image.open(where / png) as image:
                 assert image.size[0] > 300 and image.size[1] > 200
     stored = json.loads((lab.out / "summary.json").read_text())
-    assert stored["order"]["random"]["fd"] == 9.0 and stored["meta"]["command"] == meta["command"]
+    assert stored["order"]["arms"]["random"]["fd"] == 9.0 and stored["meta"]["command"] == meta["command"]
     assert meta["compute_minutes"] > 0 and meta["real_fd"] == 0.37
     assert meta["machine"] == f"machine not recorded ({len(list(lab.results.glob('*.json')))} results)"
 
@@ -328,18 +350,18 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
     lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]
     lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab, with_time=False)
-    random = ab.eval_name("shipped", fake_eval("shipped", 0, order="random")["sampling"])
-    (lab.results / f"{random}-seed1.json").unlink()                  # one seed short
+    raster = ab.eval_name("shipped", fake_eval("shipped", 0, order="raster")["sampling"])
+    (lab.results / f"{raster}-seed1.json").unlink()                  # one seed short
     (lab.results / "train-x0.json").unlink()
     for probe in lab.results.glob("probe-*.json"):
         probe.unlink()
     summary = ab.run_ablations(lab, only=())
-    assert "probe" not in summary and "random" not in summary["order"] and "x0" not in summary["objective"]
+    assert "probe" not in summary and "raster" not in summary["order"]["arms"] and "x0" not in summary["objective"]
     assert [r["sampling"]["num_iter"] for r in summary["time"]] == [10]     # only the reference cell is there
     written = report.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
     md = (tmp_path / "ablations.md").read_text()
-    assert "## (d)" not in md and "| random |" not in md and "| x0 |" not in md
-    assert f"`{random}`" in md and "`train-x0`" in md and "`probe-flip`" in md and "`probe-pixels`" in md
+    assert "## (d)" not in md and "| raster |" not in md and "| x0 |" not in md
+    assert f"`{raster}`" in md and "`train-x0`" in md and "`probe-flip`" in md and "`probe-pixels`" in md
     assert tmp_path / "ablations_bars.png" in written
 
 
@@ -356,11 +378,17 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     results = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
     evals = [n for n in results if n.startswith("eval-")]
     summary = json.loads((out / "summary.json").read_text())
-    scored = [*summary["order"].values(), *summary["bits"].values(), *summary["objective"].values(),
+    scored = [*summary["order"]["arms"].values(), *summary["bits"].values(), *summary["objective"].values(),
               *summary["guidance"], *summary["time"]]
-    assert len(summary["guidance"]) == len(s.guidance_cfgs) * (len(s.guidance_gumbels) + 1)
-    # every stored evaluation is one seed of a reported setting, and every reported setting has all its seeds
-    assert len(evals) == len({ab.eval_name(r["model"], r["sampling"]) for r in scored}) * s.seeds
+    swept = [r for results in summary["order"]["sweep"].values() for r in results]
+    assert len(swept) == 2 * len(s.order_gumbels) and len(summary["guidance"]) == 2 * len(s.guidance_cfgs)
+    # every stored evaluation is one seed of a reported setting, and every reported setting has all its seeds (the
+    # temperature sweep: the first seed)
+    def names(results, seeds):
+        return {f"{ab.eval_name(r['model'], r['sampling'])}-seed{s.seed + k}.json" for r in results for k in seeds}
+
+    expected = names(scored, range(s.seeds)) | names(swept, [0])
+    assert set(evals) == expected
     assert {f"train-{n}.json" for n in ab.TRAINED} <= set(results)
     for name in ab.TRAINED:
         train = json.loads((kept / f"train-{name}.json").read_text())
@@ -371,7 +399,7 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     cost = {name: r["cpu_seconds_per_image"] for name, r in summary["objective"].items()}
     assert cost["direct"] < cost["flip"]          # no reverse chain
     assert all(0 <= r["test"]["top1"] <= 1 for r in summary["probe"].values())
-    raster_1 = summary["order"]["raster-1"]["sampling"]
+    raster_1 = summary["order"]["arms"]["raster-1"]["sampling"]
     assert (raster_1["order"], raster_1["num_iter"], raster_1["mask_schedule"]) == ("raster", 64, "linear")
 
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ def test_inpaint_keeps_pixels_and_tokens_outside_the_mask(pipe):
     x, mask = images(), left_half_mask()
     states = []                                 # the sampler's callback sees the tokens after every step
     out = apps.inpaint(pipe, x, mask, labels=3, generator=torch.Generator().manual_seed(0),
-                       callback=lambda i, tokens, still_masked: states.append(tokens))
+                       callback=lambda step: states.append(step.tokens))
     assert out.shape == x.shape
     assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
     assert not torch.equal(out[mask.expand_as(x)], x[mask.expand_as(x)])

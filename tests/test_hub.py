@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from minibigr import BiGR, BiGRConfig, BiGRPipeline, BinaryAutoencoder, TokenizerConfig, apps, official
+from minibigr import BiGR, BiGRConfig, BiGRPipeline, BinaryAutoencoder, TokenizerConfig, apps, authors, official
 from minibigr.cli import main
+from minibigr.sampler import SamplingConfig
 
 pytest.importorskip("huggingface_hub")
 
@@ -94,7 +95,7 @@ def test_every_published_model_loads_by_name_with_its_sizes_read_off_the_file(hu
     assert (c.n_layer, c.n_head, c.transcoder_blocks, c.num_classes) == (layers, entry.num_heads, blocks, 1000)
     assert (c.K, c.num_tokens, c.dim, c.transcoder_width) == (expected.config.K, (entry.image_size // 16) ** 2,
                                                               expected.config.dim, expected.config.transcoder_width)
-    assert c.sampling == c.sampling.replace(**entry.sampling) and not model.training
+    assert c.sampling == SamplingConfig(**authors.settings(entry.sampling)) and not model.training
     tokens = torch.rand(1, c.num_tokens, c.K).round()
     assert torch.equal(model(tokens, torch.tensor([207])), expected.eval()(tokens, torch.tensor([207])))
 

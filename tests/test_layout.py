@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minibigr"
 
 LAYERS = {
     # files and the algorithmic cores that need nothing else of the package
-    "quantizer": 0, "checkpoint": 0, "shipped": 0, "images": 0, "gan": 0, "data": 0, "cuda_graph": 0,
+    "authors": 0, "quantizer": 0, "checkpoint": 0, "shipped": 0, "images": 0, "gan": 0, "data": 0, "cuda_graph": 0,
     "transcoder": 1, "sampler": 1, "lpips": 1, "codes": 1,
     "config": 2,
     "backbone": 3, "tokenizer": 3,

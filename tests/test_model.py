@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minibigr import authors
 from minibigr import model as model_module
 from minibigr.backbone import Backbone, apply_rope, rope_2d
 from minibigr.config import PRESETS
@@ -141,11 +142,12 @@ def test_configs_written_before_the_sampling_group_still_load():
 
 def test_sampling_settings_are_checked_by_name_and_value():
     s = SamplingConfig()
-    assert s.replace(cfg=1.0).cfg == 1.0 and s.cfg == 2.5            # frozen: replace returns a new one
+    assert s.replace(cfg=1.0).cfg == 1.0 and s.cfg == 3.0            # frozen: replace returns a new one
     with pytest.raises(TypeError, match="unknown sampling setting.*cfg_scale.*num_iter"):
         s.replace(cfg_scale=2.0)
     for bad, message in [(dict(num_iter=0), "num_iter must be >= 1"), (dict(temperature=0.0), "temperature"),
-                         (dict(gumbel=-1.0), "gumbel must be >= 0"), (dict(mask_schedule="sqrt"), "mask_schedule"),
+                         (dict(gumbel=-1.0), "gumbel must be >= 0"), (dict(cfg=-1.0), "cfg must be >= 0"),
+                         (dict(mask_schedule="sqrt"), "mask_schedule"),
                          (dict(cfg_schedule="cos"), "cfg_schedule"), (dict(gumbel_schedule="x"), "gumbel_schedule")]:
         with pytest.raises(ValueError, match=message):
             SamplingConfig(**bad)
@@ -187,13 +189,14 @@ def test_model_parameters_are_backbone_plus_denoiser():
     assert n == sum(p.numel() for m in (model.backbone, model.transcoder.denoiser) for p in m.parameters())
 
 
-def test_small_presets_build_and_sampling_defaults_match_the_paper():
+def test_presets_build_and_the_published_sizes_sample_as_the_authors_script():
     for name in PRESETS:
         BiGRConfig.preset(name)
-    published = [BiGRConfig.preset(n).sampling for n in ("BiGR-L", "BiGR-XL", "BiGR-XXL")]
-    assert [s.num_iter for s in published] == [20, 25, 25]
-    assert [s.gumbel for s in published] == [0.17, 0.25, 0.30]
-    assert {(s.cfg, s.diffusion_steps) for s in published} == {(2.5, 100)}
+    script = authors.settings("script/sample.sh")
+    for name in ("BiGR-L", "BiGR-XL", "BiGR-XXL"):
+        assert BiGRConfig.preset(name).sampling == SamplingConfig(**script)
+    assert SamplingConfig() == SamplingConfig(**script)
+    assert (script["cfg"], script["num_iter"], script["gumbel"], script["order"]) == (3.0, 20, 0.01, "confidence")
     tiny = BiGRConfig.preset("tiny-32")
     assert (tiny.grid, tiny.K, tiny.num_classes) == (8, 16, 10)
     assert 0.5e6 < count_params_meta(tiny) < 5e6
@@ -475,7 +478,7 @@ def test_class_mix_interpolates_class_embeddings():
 # ----------------------------------------------------------------------------------------------
 def generate_with_order(model, labels, **kwargs):
     """generate, plus revealed_at (B, N): the step 1..I that revealed each token (0: given), from the callback."""
-    reveal = RevealOrder(kwargs.get("given"))
+    reveal = RevealOrder()
     out = model.generate(labels, callback=reveal, **kwargs)
     return out, reveal.revealed_at
 

@@ -115,13 +115,43 @@ def test_scores_match_reference(seed, B, N, K, order, gumbel, tied):
     p[..., 0] = rng.choice([0.0, 0.5, 1.0])                  # x log x at its edges
     G = rng.gumbel(size=(B, N))
     p_t = torch.from_numpy(p)
-    np.testing.assert_allclose(ms.binary_entropy(p_t).numpy(), rs.binary_entropy(p), rtol=1e-5, atol=1e-12)
+    # H is flat at the coin flip (H(1/2 - d) = ln 2 - 2 d^2 + ...), so one ulp of the mean entropy moves its inverse
+    # by about sqrt(eps) there: the entropy score is compared to 1e-7 absolute
+    np.testing.assert_allclose(ms.entropy_certainty(p_t).numpy(), rs.entropy_certainty(p), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(ms.confidence(p_t).numpy(), rs.confidence(p), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(ms.perturbed_scores(p_t, order, gumbel, torch.from_numpy(G)).numpy(),
-                               rs.perturbed_scores(p, order, gumbel, G), rtol=1e-5, atol=1e-12)
+                               rs.perturbed_scores(p, order, gumbel, G), rtol=1e-5, atol=1e-7)
+    # both certainties live on one scale: 1 for certain bits, 0 for coin flips, in [0, 1] between
     certain = np.where(rng.random((B, N, K)) < 0.5, 0.0, 1.0)
-    assert np.all(rs.binary_entropy(certain) == 0) and np.all(rs.confidence(certain) == 1)
-    np.testing.assert_allclose(rs.binary_entropy(np.full((B, N, K), 0.5)), K * math.log(2))
+    for lib, x in ((rs, p), (ms, p_t)):
+        for score in (lib.entropy_certainty, lib.confidence):
+            assert np.all(np.asarray(score(x)) >= -1e-12) and np.all(np.asarray(score(x)) <= 1 + 1e-12)
+    assert np.all(rs.entropy_certainty(certain) == 1) and np.all(rs.confidence(certain) == 1)
+    np.testing.assert_allclose(rs.entropy_certainty(np.full((B, N, K), 0.5)), 0.0, atol=1e-7)
+    assert np.all(rs.confidence(np.full((B, N, K), 0.5)) == 0)
+    # the entropy score is the confidence of one bit of the token's mean bit entropy: equal to the confidence
+    # when all K bits are equally certain (q or 1 - q each), and falling as the mean bit entropy rises
+    q = rng.uniform(0, 0.5, (B, N, 1))
+    same = np.where(rng.random((B, N, K)) < 0.5, q, 1 - q)
+    np.testing.assert_allclose(rs.entropy_certainty(same), rs.confidence(same), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(ms.entropy_certainty(torch.from_numpy(same)).numpy(), rs.confidence(same), atol=1e-7)
+    mean_entropy = rs.bit_entropy(p).mean(-1).ravel()
+    by_entropy = rs.entropy_certainty(p).ravel()[np.argsort(mean_entropy, kind="stable")]
+    assert np.all(np.diff(by_entropy) <= 1e-12)
+
+
+@SETTINGS
+@given(q=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=64))
+def test_inverse_bit_entropy_inverts_the_entropy_on_the_lower_half(q):
+    q = np.array(q)
+    for lib, x in ((rs, q), (ms, torch.from_numpy(q))):
+        back = np.asarray(lib.inverse_bit_entropy(lib.bit_entropy(x)))
+        np.testing.assert_allclose(back, q, atol=1e-7)                 # sqrt(eps) where H is flat, at q = 1/2
+        np.testing.assert_allclose(np.asarray(lib.bit_entropy(torch.from_numpy(back) if lib is ms else back)),
+                                   np.asarray(lib.bit_entropy(x)), atol=1e-14)
+    # float32, as the sampler runs it: the score to float32's own resolution away from the coin flip
+    q32 = torch.from_numpy(q).float()
+    np.testing.assert_allclose(ms.inverse_bit_entropy(ms.bit_entropy(q32)).numpy(), q, atol=1e-3)
 
 
 @settings(deadline=None, max_examples=200)
@@ -165,7 +195,7 @@ def test_sampling_loop_matches_reference(seed, B, N, K, num_iter, order, gumbel,
     given_ours = None if given_mask is None else torch.from_numpy(given_mask)
     settings = ms.SamplingConfig(num_iter=num_iter, order=order, gumbel=gumbel, gumbel_schedule=gumbel_schedule,
                                  deterministic=deterministic, mask_schedule=mask_schedule)
-    reveal = ms.RevealOrder(given_ours)
+    reveal = ms.RevealOrder()
     ours = ms.sample_tokens(predict_ours, torch.from_numpy(tokens), given_ours, settings,
                             gumbels=torch.from_numpy(gumbels), uniforms=torch.from_numpy(uniforms), callback=reveal)
     revealed_at = reveal.revealed_at
@@ -183,7 +213,7 @@ def run_loop(lib, p, given_mask, tokens, num_iter, rng, uniforms=None, **options
     uniforms = rng.random((num_iter, B, N, K)) if uniforms is None else uniforms
     if lib is rs:
         return rs.sample_tokens(lambda *_: p, tokens, given_mask, num_iter, gumbels, uniforms, **options)
-    reveal = ms.RevealOrder(torch.from_numpy(given_mask))
+    reveal = ms.RevealOrder()
     settings = ms.SamplingConfig(num_iter=num_iter, **{"gumbel": 0.0, **options})     # the reference's defaults
     out = ms.sample_tokens(lambda *_: torch.from_numpy(p), torch.from_numpy(tokens), torch.from_numpy(given_mask),
                            settings, gumbels=torch.from_numpy(gumbels), uniforms=torch.from_numpy(uniforms),
@@ -223,8 +253,8 @@ def test_entropy_order_reveals_lowest_entropy_first(seed, B, N, K, num_iter, lib
     rng = np.random.default_rng(seed)
     p = probabilities(rng, (B, N, K), tied=False)
     given_mask = np.zeros((B, N), dtype=bool)
-    _, revealed_at = run_loop(lib, p, given_mask, np.zeros((B, N, K)), num_iter, rng)  # default: entropy, no Gumbel
-    H = rs.binary_entropy(p)
+    _, revealed_at = run_loop(lib, p, given_mask, np.zeros((B, N, K)), num_iter, rng, order="entropy")  # no Gumbel
+    H = rs.bit_entropy(p).mean(-1)
     for row in range(B):
         by_entropy = revealed_at[row][np.argsort(H[row])]
         assert np.all(np.diff(by_entropy) >= 0)
