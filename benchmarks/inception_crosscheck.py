@@ -3,15 +3,15 @@
 The literature's FID numbers come from pytorch-fid's Inception (TensorFlow's 2015-12-05 graph). The
 weights file cannot be downloaded here, so this check builds pytorch-fid's network with *random*
 weights (its download is intercepted and answered with a randomised state dict in the file's format),
-writes that state dict to a file, loads the file with `minibigr.evaluate.InceptionFeatures`, and
+writes that state dict to a file, loads the file with `minibigr.inception.InceptionFeatures`, and
 compares the two networks on the same images. Any difference in architecture, padding, pooling,
 input scaling or parameter names shows up as a mismatch or a loading error.
 
     pip install pytorch-fid torchvision --no-deps      # dev-only; not needed by minibigr
     python benchmarks/inception_crosscheck.py
 
-Measured (2-core CPU VM, torchvision 0.27, pytorch-fid 0.3.0): pool features identical (max |diff| 0),
-logits within 1e-6 of pool @ fc.
+The logits compared are the Inception Score's: pool @ fc.weight^T, without the fc bias (minibigr's convention, the
+original IS code's). tests/test_evaluate.py imports this script and runs its own half without pytorch-fid.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ import types
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # `python benchmarks/inception_crosscheck.py`
+
+from minibigr.inception import InceptionFeatures, InceptionV3  # noqa: E402
 
 
 def import_pytorch_fid():
@@ -61,8 +65,6 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=32, help="input resolution (resized to 299 by both)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from minibigr.evaluate import InceptionFeatures, InceptionV3
-
     fid = import_pytorch_fid()
     g = torch.Generator().manual_seed(args.seed)
     # Random weights with *our* names and shapes; pytorch-fid loads them strictly, so a naming or
@@ -78,7 +80,7 @@ def main(argv=None):
     with torch.no_grad():
         pool_theirs = theirs(x)[0].flatten(1)
         pool_ours, logits_ours = ours(x)
-    logits_theirs = pool_theirs @ state["fc.weight"].T + state["fc.bias"]
+    logits_theirs = pool_theirs @ state["fc.weight"].T
     d_pool = (pool_theirs - pool_ours).abs().max().item()
     d_logits = (logits_theirs - logits_ours).abs().max().item()
     print(f"pool features: max |diff| {d_pool:.3g} (scale {pool_theirs.abs().max().item():.3g})")

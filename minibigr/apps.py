@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .pipeline import BiGRPipeline
+from .pipeline import BiGRPipeline, names_null
 
 
 def pixel_mask(mask, images: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ def inpaint(pipe: BiGRPipeline, images: torch.Tensor, mask, labels, generator: t
     mask = pixel_mask(mask, images)
     regen = token_mask(mask, pipe.tokenizer.grid_size)                                    # (B, N)
     tokens = pipe.model.generate(_labels(pipe, labels, len(images)), tokens=pipe.encode(images), given=~regen,
-                                 generator=generator, **sampling)
+                                 generator=generator, allow_null=names_null(labels), **sampling)
     return blend(pipe.decode(tokens), images, mask)
 
 
@@ -87,7 +87,8 @@ def interpolate(pipe: BiGRPipeline, y1: int, y2: int, alphas=(0.0, 0.25, 0.5, 0.
     images = []
     for alpha in alphas:
         generator.set_state(start)
-        tokens = pipe.model.generate(y1, class_mix=(y2, float(alpha)), generator=generator, **sampling)
+        tokens = pipe.model.generate(y1, class_mix=(y2, float(alpha)), generator=generator,
+                                     allow_null=names_null(y1) or names_null(y2), **sampling)
         images.append(pipe.decode(tokens))
     return torch.cat(images)
 
@@ -117,5 +118,6 @@ def enrich(pipe: BiGRPipeline, images: torch.Tensor, r: int = 2, groups: int = 4
     sampling = {"cfg": 1.0, **sampling, "mask_schedule": "linear"}   # the null class has nothing to guide towards
     for g in range(groups):
         regen = (group_of_place[place] == g).expand(B, -1)
-        tokens = pipe.model.generate(null, tokens=tokens, given=~regen, generator=generator, **sampling)
+        tokens = pipe.model.generate(null, tokens=tokens, given=~regen, generator=generator, allow_null=True,
+                                     **sampling)
     return pipe.decode(tokens)

@@ -28,7 +28,7 @@ from .evaluate import evaluate_generator, evaluate_tokenizer
 from .images import check_image_path, load_image, save_image, save_image_grid, zoom
 from .inception import InceptionFeatures
 from .model import BiGR
-from .pipeline import BiGRPipeline, load_tokenizer
+from .pipeline import NULL_NAME, BiGRPipeline, load_tokenizer, names_null
 from .probe import format_probe, parse_layers, parse_pools, probe_model
 from .sampler import SamplingConfig
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
@@ -145,12 +145,12 @@ def cmd_sample(args):
     settings = sampling_overrides(args)
     with tqdm(total=pipe.model.config.sampling.replace(**settings).num_iter, desc="sampling steps", leave=False,
               dynamic_ncols=True, disable=None) as bar:
-        images = pipe(torch.tensor(labels).repeat_interleave(args.per_class), generator=_generator(args),
+        images = pipe([y for y in labels for _ in range(args.per_class)], generator=_generator(args),
                       callback=lambda step: bar.update(), **settings)
     save_image_grid(images, out, nrow=args.per_class)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, images=(images.cpu().numpy() * 255).round().astype(np.uint8),
-                        labels=np.repeat(labels, args.per_class))
+                        labels=np.repeat(pipe.labels(labels).cpu().numpy(), args.per_class))
     print(f"{len(images)} samples in {time.time() - t0:.1f}s -> {out} and {npz}")
 
 
@@ -166,12 +166,16 @@ def cmd_demo(args):
              fast=args.fast, per_class=args.per_class, seed=args.seed)
 
 
-def _check_label(label: str, pipe: BiGRPipeline, what: str = "label") -> int:
-    """A class given on the command line, by number or (for a model with class names) by name."""
+def _check_label(label: str, pipe: BiGRPipeline, what: str = "label") -> int | str:
+    """A class given on the command line, by number or (for a model with class names) by name; 'null' names the
+    null class (unconditional samples) and is passed on by that name, the only way the library samples it."""
+    if names_null(label):
+        return NULL_NAME
     C = pipe.model.config.num_classes
     number = int(pipe.labels(int(label) if label.lstrip("-").isdigit() else label)[0])
     if not 0 <= number < C:
-        raise ValueError(f"{what} {label} is out of range: this model has classes 0..{C - 1}")
+        raise ValueError(f"{what} {label} is out of range: this model has classes 0..{C - 1} (and 'null', the "
+                         "unconditional model)")
     return number
 
 
@@ -278,7 +282,8 @@ def cmd_evaluate(args):
     if "inception" in r:
         inc = r["inception"]
         print(f"{'Inception-v3 FD':<24}{inc['fd']:>10.4f}{inc['fd_test_vs_train']:>20.4f}")
-        print(f"{'Inception Score':<24}{inc['inception_score']:>10.4f}{inc['inception_score_test']:>20.4f}")
+        print(f"{'Inception Score (10 splits)':<28}{inc['inception_score']:>6.2f} ± {inc['inception_score_std']:.2f}"
+              f"{inc['inception_score_test']:>14.2f} ± {inc['inception_score_test_std']:.2f}")
     print(f"({time.time() - t0:.0f}s)")
     if args.json:
         Path(args.json).write_text(json.dumps({**r, "classifier": info}, indent=2))

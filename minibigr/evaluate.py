@@ -1,10 +1,10 @@
 """Evaluation: tokenizer reconstructions and generated samples.
 
-    psnr, ssim                    reconstruction quality per image (tokenizer)
+    psnr, ssim                    reconstruction quality per image (tokenizer); images in [0, 1] or uint8
     frechet_distance              FD between two Gaussians fitted to features; RunningStats fits them in
                                   fixed memory from any number of feature batches
     precision_recall              k-NN manifold precision / recall (Kynkaenniemi et al. 2019, k = 3)
-    inception_score               exp E_x KL(p(y|x) || p(y))
+    inception_score               exp E_x KL(p(y|x) || p(y)), mean and std over 10 splits (Salimans et al.)
     evaluate_generator            all of the above for a BiGRPipeline, in chunks, deterministic under a seed
     cached_summary                a real image set's summary, featurised once and read back from a cache after
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,10 +40,25 @@ Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 # ----------------------------------------------------------------------------------------------
 # Reconstruction quality
 # ----------------------------------------------------------------------------------------------
+def unit_range(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Images as float64 in [0, 1]: uint8 images are divided by 255, float images must already lie in [0, 1]
+    (a float image in [0, 255] is refused rather than scored on the wrong peak)."""
+    if x.dtype == torch.uint8:
+        return x.double() / 255
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be float in [0, 1] or uint8 in [0, 255], got {x.dtype}")
+    x = x.double()
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{name} must be in [0, 1] (or uint8), got values in [{float(x.min()):g}, {float(x.max()):g}]"
+                         "; divide 0-255 images by 255 or pass them as uint8")
+    return x
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image (dB) for images in [0, 1].  (B, C, H, W) -> (B,)."""
-    mse = F.mse_loss(x.float(), y.float(), reduction="none").flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    """Peak signal-to-noise ratio per image (dB), peak 1 for images in [0, 1] (uint8 images are scaled by 1/255);
+    inf for identical images.  (B, C, H, W) -> (B,)."""
+    mse = F.mse_loss(unit_range(x), unit_range(y), reduction="none").flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse)).float()
 
 
 def gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -55,11 +69,13 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity per image (Wang et al. 2004) for images in [0, 1].  (B, C, H, W) -> (B,).
+    """Structural similarity per image (Wang et al. 2004) for images in [0, 1] (uint8: scaled by 1/255), 1 for
+    identical images.  (B, C, H, W) -> (B,).
 
     Local means / variances / covariance under a Gaussian window (11 x 11, sigma 1.5; shrunk to the
-    image for tiny images), valid positions only, C1 = 0.01^2, C2 = 0.03^2, averaged over positions
-    and channels.
+    image for tiny images), valid positions only, C1 = 0.01^2, C2 = 0.03^2 (data range 1), averaged over
+    positions and channels: scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1)``.
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) batches of the same shape, got {tuple(x.shape)} and "
@@ -72,7 +88,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     def blur(t):
         return F.conv2d(t, kernel, groups=C)
 
-    x, y = x.double(), y.double()
+    x, y = unit_range(x), unit_range(y)
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x ** 2
     var_y = blur(y * y) - mu_y ** 2
@@ -112,24 +128,29 @@ def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
     """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)) between N(mu1, C1) and N(mu2, C2).
 
-    tr (C1 C2)^(1/2) = sum of sqrt(eigenvalues) of the symmetric PSD matrix C1^(1/2) C2 C1^(1/2), which
-    has the same spectrum as C1 C2 and, unlike a general matrix square root, is stable in float64.
+    tr (C1 C2)^(1/2) is the sum of the singular values of C1^(1/2) C2^(1/2) (its nuclear norm): the eigenvalues of
+    C1 C2 are the squares of those singular values. Taking them from an SVD, rather than square roots of the
+    eigenvalues of C1^(1/2) C2 C1^(1/2), keeps the small ones of a near-singular covariance to float64 precision
+    instead of sqrt(eps).
     """
     mu1, mu2, cov1, cov2 = (t.double() for t in (mu1, mu2, cov1, cov2))
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (mu1.numel(), mu1.numel()):
         raise ValueError(f"mismatched Gaussians: means {tuple(mu1.shape)} / {tuple(mu2.shape)}, covariances "
                          f"{tuple(cov1.shape)} / {tuple(cov2.shape)}")
-    s1 = sqrtm_psd(cov1)
-    middle = s1 @ cov2 @ s1
-    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    tr_sqrt = torch.linalg.svdvals(sqrtm_psd(cov1) @ sqrtm_psd(cov2)).sum()
     return float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * tr_sqrt)
 
 
 class RunningStats:
-    """Mean and covariance of a stream of feature batches (B, d), in float64 running sums: fixed memory."""
+    """Mean and covariance of a stream of feature batches (B, d), in float64 running sums: fixed memory.
+
+    The sums are of the features minus a shift, the first batch's mean: sum(x - c) and sum((x - c)(x - c)^T).
+    The covariance is the same for any c, and with c near the mean the subtraction of n m m^T cancels nothing, so
+    features with a large common offset (1e5, say) keep their covariance to float64 precision.
+    """
 
     def __init__(self):
-        self.n, self.sum, self.outer = 0, None, None
+        self.n, self.shift, self.sum, self.outer = 0, None, None, None
 
     def update(self, feats: torch.Tensor) -> RunningStats:
         feats = feats.detach().double().cpu()
@@ -137,25 +158,27 @@ class RunningStats:
             raise ValueError(f"features must be (B, d), got {tuple(feats.shape)}")
         if self.sum is None:
             d = feats.shape[1]
+            self.shift = feats.mean(0) if len(feats) else torch.zeros(d, dtype=torch.float64)
             self.sum, self.outer = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
         elif feats.shape[1] != self.sum.numel():
             raise ValueError(f"features of width {feats.shape[1]} after {self.sum.numel()}")
+        centred = feats - self.shift                                  # (B, d)
         self.n += feats.shape[0]
-        self.sum += feats.sum(0)
-        self.outer += feats.T @ feats
+        self.sum += centred.sum(0)
+        self.outer += centred.T @ centred
         return self
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.sum / self.n
+        return self.shift + self.sum / self.n
 
     @property
     def cov(self) -> torch.Tensor:
         """Unbiased covariance (d, d)."""
         if self.n < 2:
             raise ValueError(f"a covariance needs at least 2 samples, got {self.n}")
-        mean = self.mean
-        return (self.outer - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        m = self.sum / self.n                                         # the mean of the shifted features
+        return (self.outer - self.n * torch.outer(m, m)) / (self.n - 1)
 
     def frechet_distance(self, other: RunningStats) -> float:
         return frechet_distance(self.mean, self.cov, other.mean, other.cov)
@@ -165,47 +188,79 @@ def knn_radii(x: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:
     """Distance of every point to its k-th nearest neighbour in the same set (itself excluded).  (n, d) -> (n,)."""
     if not 1 <= k < len(x):
         raise ValueError(f"k={k} nearest neighbours need more than k points, got {len(x)}")
-    x = x.float()
     return torch.cat([torch.cdist(x[i:i + chunk], x).topk(k + 1, largest=False).values[:, k]
                       for i in range(0, len(x), chunk)])
 
 
 def manifold_coverage(ref: torch.Tensor, radii: torch.Tensor, query: torch.Tensor, chunk: int = 1024) -> float:
     """Fraction of query points inside at least one ball (ref_j, radii_j).  ref (n, d), query (m, d)."""
-    ref, query = ref.float(), query.float()
     inside = [(torch.cdist(query[i:i + chunk], ref) <= radii[None]).any(1) for i in range(0, len(query), chunk)]
-    return float(torch.cat(inside).float().mean())
+    return int(torch.cat(inside).sum()) / len(query)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """Improved precision / recall (Kynkaenniemi et al. 2019): the real (fake) manifold is the union of
     balls reaching each real (fake) point's k-th neighbour; precision = share of fake points on the real
-    manifold, recall = share of real points on the fake one.  real (n, d), fake (m, d); cost O(n m)."""
+    manifold, recall = share of real points on the fake one.  real (n, d), fake (m, d); cost O(n m).
+
+    Distances are taken in float64 after subtracting the real features' mean from both sets: torch.cdist expands
+    |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, which cancels badly for features far from the origin; centred, and in
+    float64, the result does not depend on where the features sit.
+    """
+    centre = real.double().mean(0)
+    real, fake = real.double() - centre, fake.double() - centre
     return (manifold_coverage(real, knn_radii(real, k), fake),
             manifold_coverage(fake, knn_radii(fake, k), real))
 
 
-class ScoreSums:
-    """Inception Score from running sums (one split): IS = exp(mean_x sum_y p log p - sum_y pbar log pbar)."""
+IS_SPLITS = 10     # the Inception Score's convention (Salimans et al. 2016; torch-fidelity's default)
 
-    def __init__(self):
-        self.n, self.p_sum, self.neg_entropy = 0, None, 0.0
+
+class ScoreSums:
+    """Inception Score from running sums, IS = exp(mean_x sum_y p log p - sum_y pbar log pbar), per split.
+
+    Sample i goes to split i mod ``splits`` (every split a fixed interleaving of the stream, so no sample order
+    is needed up front); ``score`` is the mean and the standard deviation (ddof 0) of the splits' scores, the
+    published convention; ``score_one_split`` scores all samples as one.
+    """
+
+    def __init__(self, splits: int = IS_SPLITS):
+        self.splits, self.n, self.p_sum, self.neg_entropy = splits, 0, None, None
 
     def update(self, logits: torch.Tensor) -> None:
-        p = logits.double().softmax(-1).cpu()
-        self.p_sum = p.sum(0) if self.p_sum is None else self.p_sum + p.sum(0)
-        self.neg_entropy += float(torch.xlogy(p, p).sum())
+        p = logits.double().softmax(-1).cpu()                                     # (B, L)
+        split = (self.n + torch.arange(len(p))) % self.splits                    # (B,) the split of each sample
+        if self.p_sum is None:
+            self.p_sum = torch.zeros(self.splits, p.shape[1], dtype=torch.float64)
+            self.neg_entropy = torch.zeros(self.splits, dtype=torch.float64)
+        self.p_sum.index_add_(0, split, p)
+        self.neg_entropy.index_add_(0, split, torch.xlogy(p, p).sum(1))
         self.n += len(p)
 
+    def _score(self, p_sum: torch.Tensor, neg_entropy: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        p_bar = p_sum / n[..., None]
+        return torch.exp(neg_entropy / n - torch.xlogy(p_bar, p_bar).sum(-1))
+
     @property
-    def score(self) -> float:
-        p_bar = self.p_sum / self.n
-        return math.exp(self.neg_entropy / self.n - float(torch.xlogy(p_bar, p_bar).sum()))
+    def score(self) -> tuple[float, float]:
+        """(mean, std) of the Inception Score over the splits."""
+        if self.n < self.splits:
+            raise ValueError(f"an Inception Score over {self.splits} splits needs at least {self.splits} samples, "
+                             f"got {self.n}")
+        counts = torch.bincount(torch.arange(self.n) % self.splits, minlength=self.splits).double()
+        scores = self._score(self.p_sum, self.neg_entropy, counts)
+        return float(scores.mean()), float(scores.std(correction=0))
+
+    @property
+    def score_one_split(self) -> float:
+        return float(self._score(self.p_sum.sum(0), self.neg_entropy.sum(), torch.tensor(float(self.n))))
 
 
-def inception_score(logits: torch.Tensor) -> float:
-    """Inception Score of class logits (n, L), one split."""
-    sums = ScoreSums()
+def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """Inception Score of class logits (n, L): (mean, std) over ``splits`` splits (1: the score of all samples,
+    std 0). The published convention reads the Inception network's logits without the fc bias
+    (minibigr.inception returns those)."""
+    sums = ScoreSums(splits)
     sums.update(logits)
     return sums.score
 
@@ -242,11 +297,11 @@ class FeatureSummary:
         """One safetensors file: the running sums and the kept features as tensors, the counts as metadata (written
         to a temp file and renamed, so a crash leaves no half file)."""
         kept = self.subset if self.kept else self.stats.sum.new_zeros(0, len(self.stats.sum)).float()
-        tensors = {"sum": self.stats.sum, "outer": self.stats.outer, "kept": kept}
+        tensors = {"shift": self.stats.shift, "sum": self.stats.sum, "outer": self.stats.outer, "kept": kept}
         if self.scores.n:
-            tensors["p_sum"] = self.scores.p_sum
+            tensors["p_sum"], tensors["neg_entropy"] = self.scores.p_sum, self.scores.neg_entropy
         counts = dict(n=self.stats.n, knn_cap=self.knn_cap, n_kept=self.n_kept, correct=self.correct,
-                      labelled=self.labelled, scores_n=self.scores.n, neg_entropy=self.scores.neg_entropy)
+                      labelled=self.labelled, scores_n=self.scores.n, splits=self.scores.splits)
         atomic_write(str(path), lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                                                       metadata={"counts": json.dumps(counts)}))
 
@@ -257,11 +312,13 @@ class FeatureSummary:
             counts = json.loads(f.metadata()["counts"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         summary = cls(counts["knn_cap"])
-        summary.stats.n, summary.stats.sum, summary.stats.outer = counts["n"], tensors["sum"], tensors["outer"]
+        stats = summary.stats
+        stats.n, stats.shift, stats.sum, stats.outer = counts["n"], tensors["shift"], tensors["sum"], tensors["outer"]
         summary.kept, summary.n_kept = [tensors["kept"]] if counts["n_kept"] else [], counts["n_kept"]
         summary.correct, summary.labelled = counts["correct"], counts["labelled"]
-        summary.scores.n, summary.scores.neg_entropy = counts["scores_n"], counts["neg_entropy"]
-        summary.scores.p_sum = tensors.get("p_sum")
+        summary.scores = ScoreSums(counts["splits"])
+        summary.scores.n, summary.scores.p_sum = counts["scores_n"], tensors.get("p_sum")
+        summary.scores.neg_entropy = tensors.get("neg_entropy")
         return summary
 
     @property
@@ -291,7 +348,7 @@ def summarize_dataset(extractor: Extractor, dataset, limit: int | None = None, b
 def summary_key(extractor: Extractor, dataset: ArrayDataset, knn_cap: int, seed: int) -> str:
     """SHA-256 (hex) naming the summary of a dataset: its images and labels, the extractor's features and logits of
     its first 8 images (other weights give other numbers), knn_cap and seed."""
-    digest = hashlib.sha256(json.dumps({"format": 1, "knn_cap": knn_cap, "seed": seed}).encode())
+    digest = hashlib.sha256(json.dumps({"format": 2, "knn_cap": knn_cap, "seed": seed}).encode())
     for array in (dataset.images_uint8, dataset.labels):
         digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     for out in extractor(dataset.get_batch(np.arange(min(8, len(dataset))))[0]):
@@ -359,7 +416,8 @@ def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, nu
     most the whole test split) against the train split give the scale under "reference": FD is biased
     by the sample count, so both use the same count. ``reference`` reuses a summary of the train split
     across calls; so does ``cache``, a directory where the train split's summaries are kept (``cached_summary``).
-    With ``inception``, also its FD and Inception Score, for samples and real test images.
+    With ``inception``, also its FD and Inception Score (mean and std over 10 splits, on the logits without the fc
+    bias), for samples and real test images.
     """
     ref = reference or cached_summary(extractor, train, cache, knn_cap=knn_cap, seed=seed, desc="featurise train")
     real = summarize_dataset(extractor, test, limit=num_samples, knn_cap=knn_cap, seed=seed, desc="featurise test")
@@ -380,8 +438,9 @@ def evaluate_generator(pipe: BiGRPipeline, train, test, extractor: Extractor, nu
     if inception is not None:
         train_i = cached_summary(inception, train, cache, knn_cap=0, seed=seed, desc="inception train")
         test_i = summarize_dataset(inception, test, limit=num_samples, knn_cap=0, seed=seed, desc="inception test")
+        (score, score_std), (score_test, score_test_std) = fake[1].scores.score, test_i.scores.score
         report["inception"] = {"fd": fake[1].stats.frechet_distance(train_i.stats),
-                               "inception_score": fake[1].scores.score,
+                               "inception_score": score, "inception_score_std": score_std,
                                "fd_test_vs_train": test_i.stats.frechet_distance(train_i.stats),
-                               "inception_score_test": test_i.scores.score}
+                               "inception_score_test": score_test, "inception_score_test_std": score_test_std}
     return report

@@ -118,7 +118,9 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
     """The FID Inception-v3 (TensorFlow's 2015-12-05 graph as ported by pytorch-fid; parameter names as
     in its pt_inception-2015-12-05 state dict). forward: images (B, 3, H, W) in [0, 1], resized to
-    299 x 299 bilinearly -> (pool features (B, 2048), logits (B, 1008))."""
+    299 x 299 bilinearly -> (pool features (B, 2048), logits (B, 1008)). The logits are pool @ fc.weight^T without
+    the fc bias: the Inception Score's published convention (the original code's; torch-fidelity's
+    "logits_unbiased")."""
 
     def __init__(self):
         super().__init__()
@@ -143,7 +145,7 @@ class InceptionV3(nn.Module):
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
             x = getattr(self, f"Mixed_{name}")(x)
         pool = x.mean((2, 3))
-        return pool, self.fc(pool)
+        return pool, pool @ self.fc.weight.T
 
 
 class InceptionFeatures:

@@ -168,12 +168,18 @@ class BiGR(Checkpointed, nn.Module):
             raise ValueError(f"tokens must be (B, N={c.num_tokens}, K={c.K}), got {tuple(tokens.shape)}")
         return tokens.shape[0]
 
-    def _check_labels(self, labels: torch.Tensor, B: int, check_range: bool = True) -> torch.Tensor:
+    def _check_labels(self, labels: torch.Tensor, B: int, check_range: bool = True,
+                      allow_null: bool = True) -> torch.Tensor:
         if not torch.is_tensor(labels) or labels.is_floating_point() or labels.shape != (B,):
             shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
             raise ValueError(f"labels must be an integer tensor of shape ({B},), got {shape}")
-        if check_range and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.null_class):
-            raise ValueError(f"labels must be in 0..{self.null_class} ({self.null_class} = null class)")
+        top = self.null_class if allow_null else self.null_class - 1
+        if check_range and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > top):
+            if allow_null:
+                raise ValueError(f"labels must be in 0..{self.null_class} ({self.null_class} = null class)")
+            raise ValueError(f"labels must be in 0..{top}; {self.null_class} is the null class (no class: the "
+                             "unconditional model), which generate samples only when asked by name: "
+                             "allow_null=True (a pipeline: the label 'null')")
         return labels.long()
 
     # -- forward and training ---------------------------------------------------------------
@@ -244,16 +250,17 @@ class BiGR(Checkpointed, nn.Module):
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, *, generator: torch.Generator | None = None,
                  tokens: torch.Tensor | None = None, given: torch.Tensor | None = None, class_mix: tuple | None = None,
-                 callback: Callback | None = None, **overrides) -> torch.Tensor:
+                 callback: Callback | None = None, allow_null: bool = False, **overrides) -> torch.Tensor:
         """Sample tokens (B, N, K) in {0,1} for labels (B,) (docs/method.md §5).
 
         The settings are ``self.config.sampling`` with any SamplingConfig field overridden by keyword.
         ``tokens`` + ``given`` (B, N) bool keep the given tokens fixed (the zero-shot apps); ``class_mix`` =
-        (labels2, alpha) conditions on alpha e(labels) + (1 - alpha) e(labels2); ``callback(step, tokens,
-        mask)`` sees the tokens and the still-masked positions after every step.
+        (labels2, alpha) conditions on alpha e(labels) + (1 - alpha) e(labels2); ``callback(step)`` sees a
+        ``sampler.SamplingStep`` after every step (tokens, masks, p). Labels are classes 0..C-1; the null class C
+        (unconditional samples) only with ``allow_null=True``.
         """
         s = self.config.sampling.replace(**overrides)
-        labels, tokens, class_mix = self._check_generate(labels, tokens, given, class_mix)
+        labels, tokens, class_mix = self._check_generate(labels, tokens, given, class_mix, allow_null)
         B, guided = len(labels), s.cfg != 1.0
         if B == 0:                                       # an empty batch: nothing to sample
             return tokens
@@ -298,11 +305,12 @@ class BiGR(Checkpointed, nn.Module):
             probs.append(masked_probs(self.transcoder, h, rows[a:b], count, generator, **chain))   # (b - a, N, K)
         return torch.cat(probs)
 
-    def _check_generate(self, labels, tokens, given, class_mix) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    def _check_generate(self, labels, tokens, given, class_mix,
+                        allow_null: bool) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
         """generate's inputs checked: (labels (B,) int64, tokens (B, N, K) in the model's dtype, class_mix with its
         labels2 checked as labels are)."""
         B = labels.shape[0] if torch.is_tensor(labels) and labels.ndim else 0
-        labels = self._check_labels(labels, B)
+        labels = self._check_labels(labels, B, allow_null=allow_null)
         N, K, dtype = self.config.num_tokens, self.config.K, self.backbone.tok_embeddings.weight.dtype
         if tokens is None:
             if given is not None:
@@ -313,7 +321,7 @@ class BiGR(Checkpointed, nn.Module):
         if given is not None and (given.shape != (B, N) or given.dtype != torch.bool):
             raise ValueError(f"given must be a bool tensor of shape ({B}, {N}), got {given.dtype} {tuple(given.shape)}")
         if class_mix is not None:
-            class_mix = (self._check_labels(class_mix[0], B), *class_mix[1:])
+            class_mix = (self._check_labels(class_mix[0], B, allow_null=allow_null), *class_mix[1:])
         return labels, tokens.to(dtype), class_mix
 
     # -- representations --------------------------------------------------------------------

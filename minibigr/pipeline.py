@@ -66,6 +66,15 @@ def load_tokenizer(spec: str | os.PathLike, device: str | torch.device = "cpu") 
     return BinaryAutoencoder.from_pretrained(_find(spec, "tokenizer"), device)
 
 
+NULL_NAME = "null"       # the label that asks for the null class (no class: unconditional samples)
+
+
+def names_null(labels) -> bool:
+    """Whether labels given as a name or a list of them ask for the null class by name."""
+    names = [labels] if isinstance(labels, str) else labels if isinstance(labels, (list, tuple)) else []
+    return any(isinstance(y, str) and y.strip().lower() == NULL_NAME for y in names)
+
+
 def class_index(name: str, class_names: Sequence[str]) -> int:
     """The label of a class name: case, spaces and underscores do not matter; an unknown or ambiguous name
     is an error that names the close matches or the candidates."""
@@ -133,13 +142,15 @@ class BiGRPipeline:
 
     def labels(self, labels) -> torch.Tensor:
         """Class labels as an int64 tensor (B,) on the model's device, from a tensor, or a list / one of class
-        numbers and (with class_names) class names."""
+        numbers and (with class_names) class names; the name "null" is the null class (unconditional samples)."""
         if isinstance(labels, (str, int)):
             labels = [labels]
         if not torch.is_tensor(labels) and any(isinstance(y, str) for y in labels):
-            if self.class_names is None:
-                raise ValueError("this pipeline has no class names: give class numbers")
-            labels = [class_index(y, self.class_names) if isinstance(y, str) else y for y in labels]
+            null = self.model.null_class
+            if self.class_names is None and not all(names_null(y) for y in labels if isinstance(y, str)):
+                raise ValueError("this pipeline has no class names: give class numbers (or 'null')")
+            labels = [(null if names_null(y) else class_index(y, self.class_names)) if isinstance(y, str) else y
+                      for y in labels]
         labels = torch.as_tensor(labels, device=self.device)
         if labels.is_floating_point() and labels.numel():   # [] becomes float32: an empty batch is fine
             raise ValueError(f"class labels must be integers, got {labels.dtype}")
@@ -149,9 +160,11 @@ class BiGRPipeline:
 
     @torch.no_grad()
     def __call__(self, labels, generator: torch.Generator | None = None, **sampling) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] of the classes ``labels`` (B,); ``sampling`` overrides any of the
-        model's recommended SamplingConfig settings (``self.model.config.sampling``)."""
-        return self.decode(self.model.generate(self.labels(labels), generator=generator, **sampling))
+        """Images (B, C, H, W) in [0, 1] of the classes ``labels`` (B,) (numbers, names, or "null" for unconditional
+        samples); ``sampling`` overrides any of the model's recommended SamplingConfig settings
+        (``self.model.config.sampling``) and may hold a ``callback``."""
+        return self.decode(self.model.generate(self.labels(labels), generator=generator, allow_null=names_null(labels),
+                                               **sampling))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, deterministic: bool = True,

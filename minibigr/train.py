@@ -64,6 +64,7 @@ class TrainSettings:
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 1000
+    ckpt_minutes: float | None = None  # also checkpoint this long after the last one; None: 2 on a CPU, 15 on a GPU
     sample_every: int = 0             # 0 = only at the end
     device: str = "auto"
     amp: bool = True                  # bf16 autocast on CUDA (ignored on CPU)
@@ -228,14 +229,38 @@ def restore_rng(state: dict, generator: torch.Generator):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_train_state(out_dir: Path) -> dict | None:
+def load_train_state(out_dir: Path, kind: str, main: bool = True) -> dict | None:
+    """The run's training state, or None; says on rank 0 which it is ("resuming from step N" / "starting")."""
     path = out_dir / "train_state.pt"
     if not path.exists():
+        if main:
+            tqdm.write(f"{kind}: no checkpoint yet in {out_dir}, starting from step 0")
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot resume: training state {path} is unreadable ({e}); delete it to start over") from e
+    if main:
+        tqdm.write(f"{kind}: resuming from step {state['step']} (checkpoint {path})")
+    return state
+
+
+class CheckpointClock:
+    """When to checkpoint: every ``ckpt_every`` steps, at the last step, and whenever ``ckpt_minutes`` have passed
+    since the last checkpoint (so an interrupted CPU run loses minutes, not hours). Resume is exact whenever the
+    checkpoint was written: the data order is a function of (seed, step) and the RNG states are saved."""
+
+    def __init__(self, s: TrainSettings, device: torch.device):
+        minutes = s.ckpt_minutes if s.ckpt_minutes is not None else (15.0 if device.type == "cuda" else 2.0)
+        self.every, self.last_step, self.seconds = s.ckpt_every, s.steps, 60 * minutes
+        self.since = time.monotonic()
+
+    def due(self, done: int) -> bool:
+        if done % self.every == 0 or done == self.last_step or (self.seconds
+                                                                and time.monotonic() - self.since >= self.seconds):
+            self.since = time.monotonic()
+            return True
+        return False
 
 
 class RunLog:
@@ -350,7 +375,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
     disc_scale = (disc_lr or s.lr) / s.lr             # the discriminator follows the same schedule, scaled
 
     start = 0
-    state = load_train_state(out)
+    state = load_train_state(out, "tokenizer", d.main)
     if state is not None:
         _config_check(out, cfg)
         tokenizer.load_state_dict(state["model"])
@@ -372,6 +397,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
             ema.module.save_pretrained(out / "model")
             log.plot(("l1", "g_loss", "d_loss"))
 
+    clock = CheckpointClock(s, d.device)
     for step in range(start, s.steps):
         idx = batch_indices(len(dataset), s.batch_size, step, s.seed, d.rank, d.world)
         x, _ = get_batch(dataset, idx)
@@ -418,7 +444,7 @@ def train_tokenizer(tokenizer, dataset, s: TrainSettings, lpips=None, disc_lr: f
         done = step + 1
         if done % s.log_every == 0 or done == s.steps:
             log.write(done, {**{k: float(v) for k, v in row.items()}, "lr": lr_at(step, s)})
-        if done % s.ckpt_every == 0 or done == s.steps:
+        if clock.due(done):
             checkpoint(done)
         if d.main and (done == s.steps or (s.sample_every and done % s.sample_every == 0)):
             _tokenizer_preview(ema.module, x, out / f"recon_{done:07d}.png")
@@ -485,7 +511,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
     opt = adamw(model.param_groups(s.weight_decay), s, d.device)
 
     start = 0
-    state = load_train_state(out)
+    state = load_train_state(out, "bigr", d.main)
     if state is not None:
         _config_check(out, model.config, ignore=("sampling",))
         model.load_state_dict(state["model"])
@@ -508,6 +534,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
             ema.module.save_pretrained(out / "model")
             log.plot(("loss", "bce"))
 
+    clock = CheckpointClock(s, d.device)
     for step in range(start, s.steps):
         idx = batch_indices(len(codes), s.batch_size, step, s.seed, d.rank, d.world)
         tokens, labels = codes.get_batch(idx)
@@ -528,7 +555,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
         if done % s.log_every == 0 or done == s.steps:
             log.write(done, {"loss": loss.item(), "bce": stats["bce"].item(), "grad_norm": grad_norm.item(),
                              "lr": lr_at(step, s)})
-        if done % s.ckpt_every == 0 or done == s.steps:
+        if clock.due(done):
             checkpoint(done)
         if d.main and preview is not None and (done == s.steps or (s.sample_every and done % s.sample_every == 0)):
             # a row per class, from the same seed each time: the grids show the model, not the noise

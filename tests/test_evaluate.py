@@ -110,14 +110,21 @@ def test_ssim_is_one_for_identical_images_and_falls_with_noise():
     assert ev.ssim(torch.rand(1, 1, 6, 6, generator=g), torch.rand(1, 1, 6, 6, generator=g)).shape == (1,)
 
 
-def test_inception_score_bounds():
+def test_inception_score_bounds_and_splits():
     confident = torch.eye(10) * 50                     # every class once, each predicted with certainty
-    assert ev.inception_score(confident) == pytest.approx(10, rel=1e-4)
-    assert ev.inception_score(torch.zeros(20, 10)) == pytest.approx(1.0)
+    assert ev.inception_score(confident, splits=1) == pytest.approx((10, 0), rel=1e-4)
+    assert ev.inception_score(torch.zeros(20, 10)) == pytest.approx((1.0, 0.0))
+    # ten splits of a stream: sample i in split i mod 10, each split scored on its own, then mean and std (ddof 0)
+    logits = torch.randn(95, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    by_hand = [ev.inception_score(logits[k::10], splits=1)[0] for k in range(10)]
+    assert ev.inception_score(logits) == pytest.approx((np.mean(by_hand), np.std(by_hand)), rel=1e-12)
     sums = ev.ScoreSums()
-    for part in confident.split(3):
+    for part in logits.split(13):
         sums.update(part)
-    assert sums.score == pytest.approx(ev.inception_score(confident))
+    assert sums.score == pytest.approx(ev.inception_score(logits), rel=1e-12)
+    assert sums.score_one_split == pytest.approx(ev.inception_score(logits, splits=1)[0], rel=1e-12)
+    with pytest.raises(ValueError, match="at least 10 samples"):
+        ev.inception_score(logits[:9])
 
 
 def test_inception_loads_a_state_dict_file_and_gives_pool_features_and_logits(tmp_path):
@@ -138,6 +145,22 @@ def test_inception_loads_a_state_dict_file_and_gives_pool_features_and_logits(tm
     with torch.no_grad():
         expected, _ = net.eval()(x.expand(-1, 3, -1, -1))
     torch.testing.assert_close(feats, expected)
+    # the Inception Score's logits: the fc layer without its bias (the bias is non-zero in the file)
+    assert state["fc.bias"].abs().sum() > 0
+    torch.testing.assert_close(logits, feats @ state["fc.weight"].T)
+
+
+def test_the_inception_crosscheck_benchmark_imports_and_its_weights_load(tmp_path):
+    """benchmarks/inception_crosscheck.py needs pytorch-fid to compare; its own half (minibigr's names, the
+    randomised state dict in the file's format, loading it) runs here, so the script cannot rot."""
+    from benchmarks import inception_crosscheck as check
+
+    state = check.randomised(inc.InceptionV3().state_dict(), torch.Generator().manual_seed(0))
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    assert all((v > 0).all() for k, v in state.items() if k.endswith("running_var"))
+    torch.save(state, tmp_path / "random.pth")
+    feats, logits = check.InceptionFeatures(tmp_path / "random.pth")(torch.rand(1, 3, 16, 16))
+    assert feats.shape == (1, 2048) and logits.shape == (1, 1008)
 
 
 def test_inception_file_errors_are_clear(tmp_path):

@@ -646,10 +646,24 @@ def test_generate_class_mix_endpoints():
     other = model.generate(y2, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(model.generate(y1, class_mix=(y2, 0.0), generator=torch.Generator().manual_seed(3), **kw),
                        other)
-    with pytest.raises(ValueError, match=rf"labels must be in 0..{model.null_class}"):
+    with pytest.raises(ValueError, match=rf"labels must be in 0..{model.null_class - 1}"):
         model.generate(y1, class_mix=(torch.tensor([3, model.null_class + 1]), 0.5), **kw)
     with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(2,\)"):
         model.generate(y1, class_mix=(torch.tensor([3]), 0.5), **kw)
+
+
+def test_generate_samples_the_null_class_only_when_asked_by_name():
+    """Label C is the null class: a plain label C is refused (it used to sample the unconditional model silently);
+    allow_null=True, or the name 'null' in a pipeline, asks for it."""
+    model = tiny_model().eval()
+    null = torch.full((2,), model.null_class)
+    kw = dict(num_iter=2, diffusion_steps=3)
+    with pytest.raises(ValueError, match=rf"{model.null_class} is the null class.*allow_null=True.*'null'"):
+        model.generate(null, **kw)
+    asked = model.generate(null, allow_null=True, generator=torch.Generator().manual_seed(0), **kw)
+    assert asked.shape == (2, model.config.num_tokens, model.config.K)
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.generate(null + 1, allow_null=True, **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,7 +705,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     torch.testing.assert_close(loaded(tokens, labels), model(tokens, labels), rtol=0, atol=0)
     x_t, t, c = (torch.rand(4, 8) < 0.5).float(), torch.arange(4.0), torch.randn(4, 32)
     assert torch.equal(loaded.transcoder.denoiser(x_t, t, c), model.transcoder.denoiser(x_t, t, c))
-    kw = dict(num_iter=2, diffusion_steps=3)
+    kw = dict(num_iter=2, diffusion_steps=3, allow_null=True)          # label 5: the null class
     assert torch.equal(loaded.generate(labels, generator=torch.Generator().manual_seed(0), **kw),
                        model.generate(labels, generator=torch.Generator().manual_seed(0), **kw))
 

@@ -82,8 +82,14 @@ def test_labels_may_be_a_tensor_a_list_or_one_int(saved):
         pipe([0.5])
     with pytest.raises(ValueError, match=r"one class label per image.*\(2, 2\)"):
         pipe(torch.ones(2, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"labels must be in 0..3"):
+    with pytest.raises(ValueError, match=r"labels must be in 0..2"):
         pipe([7])
+    # the null class only by name: its number is refused, "null" samples the unconditional model
+    with pytest.raises(ValueError, match="3 is the null class"):
+        pipe([3])
+    torch.testing.assert_close(pipe(["null"], generator=draw(3)),
+                               pipe.decode(model.generate(torch.tensor([3]), allow_null=True, generator=draw(3))))
+    assert pipe(["null", 1]).shape[0] == 2
     with pytest.raises(TypeError, match="unknown sampling setting"):
         pipe([0], guidance=2.0)
     assert pipe.to("cpu") is pipe
