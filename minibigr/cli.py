@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,9 @@ def cmd_encode(args):
 def cmd_train(args):
     codes = CodeCache(args.codes)
     recipe = RECIPES[args.dataset]
+    classes = {"num_classes": codes.num_classes} if codes.num_classes else {}     # a folder: its class count
     config = BiGRConfig.preset(args.preset or recipe["model"], K=codes.K, num_tokens=codes.h * codes.w,
-                               **_config_overrides(BiGRConfig, args.set))
+                               **{**classes, **_config_overrides(BiGRConfig, args.set)})
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     settings = bigr_settings(args.dataset, out_dir=args.out, **_overrides(args))
     with seeded_init(settings.seed):                 # --seed fixes the initial weights too
@@ -489,7 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"minibigr: warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    warnings.formatwarning = _one_line_warning         # a warning (skipped files, say) in one line, no source
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -4,8 +4,8 @@
     tokens, labels = cache.get_batch(indices)                         # (B, N, K) float {0,1}, (B,)
 
 Files: ``codes.npy`` uint8 (n, N, ceil(K/8)), the bits packed 8 per byte and memory-mapped when read;
-``labels.npy`` int64 (n,); ``codes.json`` (K, h, w, n). codes.npy is written under a temp name and
-renamed, and codes.json last, so an interrupted encoding never looks like a finished cache.
+``labels.npy`` int64 (n,); ``codes.json`` (K, h, w, n, and the dataset's class count). codes.npy is written under
+a temp name and renamed, and codes.json last, so an interrupted encoding never looks like a finished cache.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class CodeCache:
             raise FileNotFoundError(f"no code cache in {directory} (expected codes.json); run `minibigr encode` first")
         self.meta = json.loads(meta_path.read_text())
         self.K, self.h, self.w = self.meta["K"], self.meta["h"], self.meta["w"]
+        self.num_classes: int | None = self.meta.get("num_classes")      # None in caches written before it
         self.codes = np.load(directory / "codes.npy", mmap_mode="r")
         self.labels = np.load(directory / "labels.npy")
         if self.codes.shape[0] != len(self.labels) or self.codes.shape[0] != self.meta["n"]:
@@ -71,5 +72,7 @@ def encode_dataset(tokenizer, dataset, out_dir, batch_size: int = 256, determini
     del codes
     os.replace(tmp_codes, out / "codes.npy")
     np.save(out / "labels.npy", labels)
-    (out / "codes.json").write_text(json.dumps({"K": int(K), "h": int(h), "w": int(w), "n": n}))
+    classes = getattr(dataset, "classes", None)
+    (out / "codes.json").write_text(json.dumps({"K": int(K), "h": int(h), "w": int(w), "n": n,
+                                                "num_classes": len(classes) if classes else None}))
     return CodeCache(out)

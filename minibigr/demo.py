@@ -1,8 +1,8 @@
 """``minibigr demo``: what BiGR does, from the shipped Fashion-MNIST model, in a couple of CPU minutes.
 
 Writes to ``<out>/``: samples.png (a row per class), reconstructions.png (originals over their
-reconstructions), inpainting.png, interpolation.png (class-embedding mixes) and summary.json; prints
-where everything is.
+reconstructions), inpainting.png, interpolation.png (class-embedding mixes) and summary.json; shows a
+progress bar per stage, says what it skipped and why, and prints where everything is.
 ``--train`` first trains the tiny models from scratch (resumable) and then uses them.
 """
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from . import apps
 from .data import FASHION_MNIST_CLASSES, DatasetNotFound, get_batch, load_dataset
@@ -25,9 +26,16 @@ from .train import train_pipeline
 INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def steps_bar(desc: str, steps: int) -> tqdm:
+    """A progress bar over sampling steps, advanced by the sampler's callback."""
+    return tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+
+
 def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", data_dir=None, fast: bool = False,
              per_class: int = 8, seed: int = 0) -> dict:
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo writes several files: give a directory (new or existing)")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"device": device, "cpu": platform.processor() or platform.machine(),
                      "torch_threads": torch.get_num_threads()}
@@ -46,9 +54,15 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     def seeded() -> torch.Generator:
         return torch.Generator(device=device).manual_seed(seed)
 
+    steps = pipe.model.config.sampling.num_iter
+
+    def advance(bar):
+        return lambda step: bar.update()
+
     t1 = time.time()
     labels = torch.arange(pipe.model.config.num_classes).repeat_interleave(per_class)
-    images = pipe(labels, generator=seeded())
+    with steps_bar("samples", steps) as bar:
+        images = pipe(labels, generator=seeded(), callback=advance(bar))
     save_image_grid(images, out / "samples.png", nrow=per_class)
     seconds = time.time() - t1
     summary["samples"] = {"path": str(out / "samples.png"), "rows": list(FASHION_MNIST_CLASSES),
@@ -57,7 +71,9 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
                           "sampling": pipe.model.config.sampling.to_dict()}
 
     pairs = ((0, 3), (7, 9))                   # T-shirt -> Dress, Sneaker -> Ankle boot
-    strips = [apps.interpolate(pipe, y2, y1, alphas=INTERPOLATION_ALPHAS, generator=seeded()) for y1, y2 in pairs]
+    with steps_bar("interpolation", steps * len(pairs) * len(INTERPOLATION_ALPHAS)) as bar:
+        strips = [apps.interpolate(pipe, y2, y1, alphas=INTERPOLATION_ALPHAS, generator=seeded(),
+                                   callback=advance(bar)) for y1, y2 in pairs]
     save_image_grid(torch.cat(strips), out / "interpolation.png", nrow=len(INTERPOLATION_ALPHAS))
     summary["interpolation"] = {"path": str(out / "interpolation.png"), "alphas": list(INTERPOLATION_ALPHAS),
                                 "rows": [f"{FASHION_MNIST_CLASSES[a]} -> {FASHION_MNIST_CLASSES[b]}" for a, b in pairs]}
@@ -66,6 +82,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
         test = load_dataset("fashion-mnist", "test", data_dir=data_dir)
     except DatasetNotFound as e:
         summary["reconstructions"] = summary["inpainting"] = f"skipped: {e}"
+        print(f"minibigr demo: reconstructions and inpainting skipped: they need the Fashion-MNIST test images. {e}")
     else:
         x, y = get_batch(test, torch.arange(16))
         recon = pipe.decode(pipe.encode(x))
@@ -76,7 +93,8 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
         x, y = x[:8], y[:8]
         mask = torch.zeros_like(x, dtype=torch.bool)
         mask[..., x.shape[-2] // 2:, :] = True
-        filled = apps.inpaint(pipe, x, mask, y, generator=seeded())
+        with steps_bar("inpainting", steps) as bar:
+            filled = apps.inpaint(pipe, x, mask, y, generator=seeded(), callback=advance(bar))
         save_image_grid(torch.cat([x, x.masked_fill(mask, 0.5), filled.cpu()]), out / "inpainting.png", nrow=8)
         summary["inpainting"] = {"path": str(out / "inpainting.png"),
                                  "rows": ["original", "bottom half masked", "inpainted with the true label"]}

@@ -104,6 +104,11 @@ RECIPES = {
 }
 
 
+# a folder of class sub-folders of images (--data-dir) at 32x32 RGB: the shapes recipe's CPU-sized models; the class
+# count comes from the folders (the code cache records it)
+RECIPES["folder"] = RECIPES["shapes"]
+
+
 def _recipe(dataset: str) -> dict:
     if dataset not in RECIPES:
         raise ValueError(f"no training recipe for dataset {dataset!r}; known: {', '.join(RECIPES)}")
@@ -594,7 +599,8 @@ def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
     else:
         codes = encode_dataset(tokenizer, images, out / "codes")
     settings = bigr_settings(dataset, str(out / "bigr"), device=device, **(bigr_overrides or {}))
+    classes = {"num_classes": codes.num_classes} if codes.num_classes else {}
     with seeded_init(settings.seed):
-        model = BiGR(BiGRConfig.preset(recipe["model"], K=codes.K, num_tokens=codes.h * codes.w))
+        model = BiGR(BiGRConfig.preset(recipe["model"], K=codes.K, num_tokens=codes.h * codes.w, **classes))
     model = train_bigr(model, codes, settings, tokenizer=tokenizer)
     return BiGRPipeline(tokenizer.eval(), model.eval())

@@ -6,6 +6,12 @@ per-row top-k selection). It never imports torch or minibigr, so the property te
 compare two independent implementations.
 """
 
-from . import quantizer, sampler, transcoder
+try:
+    import numba  # noqa: F401
+except ImportError:
+    raise ImportError("the reference implementation needs numba (and scipy): pip install -e \".[reference]\" "
+                      "(or pip install numba scipy)") from None
+
+from . import quantizer, sampler, transcoder  # noqa: E402
 
 __all__ = ["quantizer", "sampler", "transcoder"]

@@ -120,10 +120,10 @@ def test_the_shipped_classifier_scores_the_study(tmp_path):
 def test_result_names_hold_every_sampling_setting_that_is_not_pinned():
     named = set(ab.NAMED)
     first = {"order": "entropy", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
-             "gumbel": 0.03, "mask_schedule": "cosine"}
+             "gumbel": 0.03, "mask_schedule": "cosine", "precision": "bfloat16"}
     assert set(first) == named
     other = {"order": "random", "num_iter": 4, "diffusion_steps": 10, "deterministic": True, "cfg": 1.5,
-             "gumbel": 0.5, "mask_schedule": "linear"}
+             "gumbel": 0.5, "mask_schedule": "linear", "precision": "float32"}
     for key in named:                                           # each named setting changes the name on its own
         assert ab.eval_name("m", {**first, key: other[key]}) != ab.eval_name("m", first)
     for blind in ("random", "raster"):                          # ... but the blind orders never read the Gumbel
@@ -139,10 +139,10 @@ def test_the_guidance_grid_is_the_random_order_and_the_best_certainty_arm_at_eac
 
 
 def test_the_order_arms_are_each_certainty_order_at_the_authors_and_its_best_temperature():
-    arms = ab.order_arms({"entropy": 0.3, "confidence": ab.AUTHORS_GUMBEL}, 64)
+    arms = ab.order_arms({"entropy": 0.3, "confidence": ab.AUTHORS_GUMBEL}, 64, "float32")
     assert list(arms) == ["entropy g=0.01", "entropy g=0.3", "confidence g=0.01", "random", "raster", "raster-1"]
-    assert arms["entropy g=0.3"] == {"order": "entropy", "gumbel": 0.3}
-    assert arms["raster-1"] == {"order": "raster", "num_iter": 64, "mask_schedule": "linear"}
+    assert arms["entropy g=0.3"] == {"order": "entropy", "gumbel": 0.3, "precision": "float32"}
+    assert arms["raster-1"] == {"order": "raster", "num_iter": 64, "mask_schedule": "linear", "precision": "float32"}
     sweep = {"entropy": [{"fd": 2.0, "sampling": {"gumbel": 0.0}}, {"fd": 1.5, "sampling": {"gumbel": 1.0}}],
              "confidence": []}
     assert ab.best_temperatures(sweep) == {"entropy": 1.0}
@@ -247,7 +247,7 @@ REFERENCE = {"fd_test_vs_train": 0.37, "precision": 0.7, "recall": 0.75, "class_
 
 def fake_eval(model, fd, seconds=0.8, **sampling):
     base = {"order": "random", "num_iter": 10, "diffusion_steps": 50, "deterministic": False, "cfg": 3.0,
-            "gumbel": 0.01, "mask_schedule": "cosine"}
+            "gumbel": 0.01, "mask_schedule": "cosine", "precision": "bfloat16"}
     return {"samples": 200, "fd": fd, "class_accuracy": 0.81, "precision": 0.83, "recall": 0.27, "knn_points": 200,
             "seconds_per_image": 2 * seconds, "cpu_seconds_per_image": seconds, "reference": REFERENCE,
             "model": model, "seconds": 60.0, "sampling": {**base, **sampling}}
@@ -262,14 +262,15 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
     """Every evaluation for seeds 0, 1, 2 with FD mean - 0.1, mean, mean + 0.1 (a range of 0.2). The temperature sweep
     puts entropy's FD-best at 0.1 (FD 3.0) and confidence's at 0.03 (3.5); random scores 9.0 at every CFG but 3."""
     best = {"entropy": (0.1, 3.0), "confidence": (0.03, 3.5)}
-    evals = [fake_eval("shipped", best[o][1] + abs(g - best[o][0]), order=o, gumbel=g)
+    f32 = {"precision": lab.s.order_precision}                          # the order study's precision
+    evals = [fake_eval("shipped", best[o][1] + abs(g - best[o][0]), order=o, gumbel=g, **f32)
              for o in best for g in lab.s.order_gumbels]
-    evals += [fake_eval("shipped", fd, **ab.order_overrides(o, 64))
+    evals += [fake_eval("shipped", fd, **ab.order_overrides(o, 64), **f32)
               for o, fd in (("random", 9.0), ("raster", 4.0), ("raster-1", 4.05))]
-    evals.append(fake_eval("shipped", 9.05, deterministic=True))
+    evals += [fake_eval("shipped", 9.0), fake_eval("shipped", 9.05, deterministic=True)]   # the base, bfloat16
     evals += [fake_eval(o, fd, seconds=0.1 if o == "direct" else 0.8)
               for o, fd in zip(ab.OBJECTIVES, (5.0, 7.0, 6.0), strict=True)]
-    evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2, cfg=cfg, order="entropy", gumbel=0.1)  # CFG 3: in the orders
+    evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2, cfg=cfg, order="entropy", gumbel=0.1, **f32)  # CFG 3: (a)
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     evals += [fake_eval("shipped", 9.0 + (cfg - 3) ** 2, cfg=cfg, order="random")   # random at CFG 3: in the orders
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
@@ -300,7 +301,8 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     summary = ab.run_ablations(lab, only=())             # read-only: any missing result would be left out
     assert set(summary) == set(ab.STAGES)
     arms = summary["order"]["arms"]
-    assert arms["random"] == summary["bits"]["bernoulli"]                # one result serves both
+    assert arms["random"]["fd"] == summary["bits"]["bernoulli"]["fd"] == 9.0
+    assert arms["random"]["sampling"]["precision"] == "float32" != summary["bits"]["bernoulli"]["sampling"]["precision"]
     assert summary["order"]["best"] == {"entropy": 0.1, "confidence": 0.03}
     assert list(arms) == ["entropy g=0.01", "entropy g=0.1", "confidence g=0.01", "confidence g=0.03", "random",
                           "raster", "raster-1"]
@@ -350,7 +352,7 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
     lab.__dict__["sampling"] = fake_eval("shipped", 0)["sampling"]
     lab.__dict__["pretrained"] = (None, type("Shipped", (), {"config": type("C", (), {"num_tokens": 64})}))
     store_fake_results(lab, with_time=False)
-    raster = ab.eval_name("shipped", fake_eval("shipped", 0, order="raster")["sampling"])
+    raster = ab.eval_name("shipped", fake_eval("shipped", 0, order="raster", precision="float32")["sampling"])
     (lab.results / f"{raster}-seed1.json").unlink()                  # one seed short
     (lab.results / "train-x0.json").unlink()
     for probe in lab.results.glob("probe-*.json"):

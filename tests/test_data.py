@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from minibigr import data
-from minibigr.data import CorruptDataset, DatasetNotFound, load_dataset
+from minibigr.data import CorruptDataset, DatasetNotFound, SkippedImages, load_dataset
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -473,14 +473,20 @@ def test_corrupt_imagenet64(env, how):
         load_dataset("imagenet64", "test", env / "d")
 
 
-def test_corrupt_image_in_folder(env):
+def test_corrupt_image_in_folder_is_skipped_when_loaded_with_a_warning_naming_it(env):
     write_png(env / "d" / "cat" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    write_png(env / "d" / "dog" / "a.png", np.ones((8, 8, 3), np.uint8))
     bad = env / "d" / "cat" / "b.png"
     bad.write_bytes(b"\x89PNG not an image")
-    ds = load_dataset("folder", data_dir=env / "d", image_size=8)
-    assert ds[0][0].shape == (3, 8, 8)
-    with pytest.raises(CorruptDataset, match=re.escape(str(bad))):
-        ds.get_batch([0, 1])
+    with pytest.warns(SkippedImages, match=rf"skipped 1 unreadable image file\(s\) of 3 .*{re.escape(str(bad))}"):
+        ds = load_dataset("folder", data_dir=env / "d", image_size=8)
+    assert len(ds) == 2 and bad not in ds.paths and ds.classes == ["cat", "dog"]
+    x, y = ds.get_batch([0, 1])                       # every batch of the loaded set decodes
+    assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1]
+    for good in (env / "d" / "cat" / "a.png", env / "d" / "dog" / "a.png"):
+        good.write_bytes(b"GIF89a truncated")
+    with pytest.raises(CorruptDataset, match="none of the 3 image files"):
+        load_dataset("folder", data_dir=env / "d", image_size=8)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ the reference implementation.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minibigr"
@@ -90,3 +92,9 @@ def test_no_import_cycle_and_no_reference():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
         assert not any(m == "reference" or m.startswith("reference.") for m in imported), path.name
+
+
+def test_the_reference_without_numba_names_its_extra():
+    blocked = "import sys; sys.modules['numba'] = None; import reference"
+    run = subprocess.run([sys.executable, "-c", blocked], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert run.returncode != 0 and '.[reference]' in run.stderr.splitlines()[-1]

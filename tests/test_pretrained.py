@@ -70,3 +70,22 @@ def test_demo_writes_everything_it_announces(tmp_path, fashion_test, capsys):
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["reconstructions"]["psnr_db"] > 20
     assert summary["samples"]["per_class"] == 2 and summary["samples"]["rows"][7] == "Sneaker"
+
+
+def test_demo_refuses_a_file_as_its_out_directory(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    assert main(["demo", "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "directory" in err and "Traceback" not in err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_demo_without_the_test_images_says_what_it_skipped(tmp_path, capsys, monkeypatch):
+    """No Fashion-MNIST anywhere: the samples and interpolation are made, and the terminal says which parts were
+    skipped and why (not only summary.json)."""
+    monkeypatch.setattr("minibigr.demo.load_dataset", lambda *a, **k: (_ for _ in ()).throw(
+        DatasetNotFound("Fashion-MNIST test files not found in /nowhere")))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--per-class", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "reconstructions and inpainting skipped" in printed and "/nowhere" in printed
+    assert (tmp_path / "demo" / "samples.png").exists() and not (tmp_path / "demo" / "inpainting.png").exists()

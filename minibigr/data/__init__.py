@@ -21,13 +21,14 @@ from .cifar10 import CIFAR10_CLASSES, load_cifar10, read_cifar_batch, safe_pickl
 from .datasets import ArrayDataset, CorruptDataset, DatasetError, DatasetNotFound, split_name
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 from .files import CIFAR10_ARCHIVE, FASHION_MNIST_SYSTEM_DIR, SHA256, cache_dir, download, search_dirs
-from .folder import FolderDataset, read_image
+from .folder import FolderDataset, SkippedImages, read_image
 from .imagenet64 import load_imagenet64, read_imagenet64_batch, read_imagenet64_labels
 from .shapes import SHAPES, ShapesDataset, draw_shape
 
 __all__ = [
     "DATASETS", "DatasetInfo", "load_dataset",
     "ArrayDataset", "FolderDataset", "ShapesDataset", "DatasetError", "DatasetNotFound", "CorruptDataset",
+    "SkippedImages",
     "batch_indices", "get_batch", "iterate_batches",
     "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES", "SHAPES", "CIFAR10_ARCHIVE", "FASHION_MNIST_SYSTEM_DIR", "SHA256",
     "load_fashion_mnist", "load_cifar10", "load_imagenet64", "read_idx", "read_cifar_batch", "safe_pickle_load",

@@ -1,17 +1,23 @@
-"""A folder of class sub-folders of images, decoded on access."""
+"""A folder of class sub-folders of images, checked once when loaded and decoded on access."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .datasets import CorruptDataset, DatasetNotFound
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class SkippedImages(UserWarning):
+    """Some files of a folder dataset could not be read as images and were left out; the message names them."""
 
 
 class FolderDataset(Dataset):
@@ -19,7 +25,9 @@ class FolderDataset(Dataset):
 
     Classes are the sub-folders sorted by name; images inside them (any depth) sorted by path.
     Each image is resized so its shorter side is ``image_size`` and centre-cropped to a square,
-    then converted to ``mode`` "RGB" (C=3) or "L" (C=1).
+    then converted to ``mode`` "RGB" (C=3) or "L" (C=1). Loading decodes every file once, as training will:
+    the unreadable ones are left out with a ``SkippedImages`` warning that counts and names them, so a corrupt
+    file never stops a training run half-way.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int = 32, mode: str = "RGB"):
@@ -33,6 +41,7 @@ class FolderDataset(Dataset):
         if not samples:
             raise DatasetNotFound(f"no images in {root}: expected class sub-folders holding image files "
                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {root}/cat/0001.png")
+        samples = readable(samples, image_size, mode, root)
         self.root, self.image_size, self.mode = root, image_size, mode
         self.classes = [folder.name for folder in folders]
         self.paths = [path for path, _ in samples]
@@ -59,6 +68,25 @@ class FolderDataset(Dataset):
     @property
     def channels(self) -> int:
         return 3 if self.mode == "RGB" else 1
+
+
+def readable(samples: list[tuple[Path, int]], size: int, mode: str, root: Path) -> list[tuple[Path, int]]:
+    """The (path, label) pairs whose image decodes; a SkippedImages warning names the others (the first five) and
+    counts them. None readable is an error."""
+    kept, skipped = [], []
+    for path, label in tqdm(samples, desc=f"check {root.name}", leave=False, disable=len(samples) < 1000 or None):
+        try:
+            read_image(path, size, mode)
+            kept.append((path, label))
+        except CorruptDataset as e:
+            skipped.append(str(e))
+    if not kept:
+        raise CorruptDataset(f"none of the {len(samples)} image files in {root} can be read, e.g. {skipped[0]}")
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) of {len(samples)} in {root}: "
+                      + "; ".join(skipped[:5]) + more, SkippedImages, stacklevel=3)
+    return kept
 
 
 def read_image(path: str | os.PathLike, size: int, mode: str = "RGB") -> np.ndarray:
