@@ -187,8 +187,8 @@ class Rows:
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def get_batch(self, indices: torch.Tensor):
-        return self.codes.get_batch(torch.as_tensor(indices) + self.start)
+    def get_batch(self, indices: torch.Tensor, *draw):
+        return self.codes.get_batch(torch.as_tensor(indices) + self.start, *draw)
 
 
 class NullLabels:
@@ -205,8 +205,8 @@ class NullLabels:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def get_batch(self, indices: torch.Tensor):
-        tokens, labels = self.codes.get_batch(indices)
+    def get_batch(self, indices: torch.Tensor, *draw):
+        tokens, labels = self.codes.get_batch(indices, *draw)
         return tokens, torch.full_like(labels, self.null_class)
 
 

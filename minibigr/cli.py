@@ -334,7 +334,7 @@ PARSERS = {"int": int, "float": float, "str": str, "bool": _bool,
 
 
 def _overrides(args) -> dict:
-    keys = ("steps", "batch_size", "lr", "seed", "device", "sample_every", "ckpt_every")
+    keys = ("steps", "batch_size", "lr", "seed", "device", "sample_every", "ckpt_every", "codes_draw")
     found = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if "device" in found:
         found["device"] = _device(found["device"])
@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codes", required=True, help="code cache directory (from `minibigr encode`)")
     sp.add_argument("--tokenizer", help="tokenizer used for periodic sample grids")
     sp.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    sp.add_argument("--codes-draw", choices=("threshold", "bernoulli"),
+                    help="training codes: the cache's threshold codes [p > 1/2] (the recipes' default), or a "
+                         "random mirror and fresh Bernoulli(p) bits every step, as the authors train")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("sample", help="generate images: a PNG grid (one row per class) and an .npz")

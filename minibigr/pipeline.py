@@ -25,6 +25,7 @@ import torch
 from . import official
 from .checkpoint import CONFIG_NAME
 from .model import BiGR
+from .quantizer import DRAWS
 from .shipped import SHIPPED, shipped_dir
 from .tokenizer import BinaryAutoencoder
 
@@ -167,11 +168,14 @@ class BiGRPipeline:
                                                **sampling))
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, deterministic: bool = True,
+    def encode(self, images: torch.Tensor, draw: str = "threshold",
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """images (B, C, H, W) in [0, 1] -> tokens (B, N, K) in {0, 1}. Deterministic by default: BiGR is
-        trained on the codes [p > 1/2] (docs/method.md §1.1). Any batch, in chunks of bounded memory."""
-        return torch.cat([self.tokenizer.encode_tokens(x.to(self.device), deterministic, generator)
+        """images (B, C, H, W) in [0, 1] -> tokens (B, N, K) in {0, 1}: the threshold codes [p > 1/2] (what the
+        shipped model was trained on), or ``draw="bernoulli"``: bits ~ Bernoulli(p) from ``generator`` (what the
+        authors' apps encode with). Any batch, in chunks of bounded memory."""
+        if draw not in DRAWS:
+            raise ValueError(f"unknown draw {draw!r}; choose one of {DRAWS}")
+        return torch.cat([self.tokenizer.encode_tokens(x.to(self.device), draw == "threshold", generator)
                           for x in images.split(self._images_per_chunk())])
 
     @torch.no_grad()

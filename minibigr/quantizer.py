@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+DRAWS = ("threshold", "bernoulli")            # the two ways to read bits from probabilities, by name
+
 
 def bernoulli_bits(p: torch.Tensor, uniform: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:

@@ -364,6 +364,11 @@ class BinaryAutoencoder(Checkpointed, nn.Module):
         return self._from_net(x).clamp(0, 1)
 
     @torch.no_grad()
+    def encode_token_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) in [0,1] -> p (B, N, K), the bit probabilities of the tokens in raster order."""
+        return grid_to_tokens(self.encode_probs(images))
+
+    @torch.no_grad()
     def encode_tokens(self, images: torch.Tensor, deterministic: bool = False,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """images (B, C, H, W) in [0,1] -> tokens (B, N, K) float {0,1}, the grid in raster order."""

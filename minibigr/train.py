@@ -41,6 +41,7 @@ from .gan import PatchDiscriminator, adaptive_weight, diff_augment, generator_ad
 from .images import save_image_grid
 from .model import BiGR
 from .pipeline import BiGRPipeline
+from .quantizer import DRAWS
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
 
 
@@ -62,6 +63,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     ema: float = 0.9999
     seed: int = 0
+    codes_draw: str = "threshold"     # BiGR's training codes: "threshold" [p > 1/2], or "bernoulli" as the authors
     log_every: int = 50
     ckpt_every: int = 1000
     ckpt_minutes: float | None = None  # also checkpoint this long after the last one; None: 2 on a CPU, 15 on a GPU
@@ -70,6 +72,10 @@ class TrainSettings:
     amp: bool = True                  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.codes_draw not in DRAWS:
+            raise ValueError(f"codes_draw must be one of {DRAWS}, got {self.codes_draw!r}")
 
 
 # Defaults per dataset: the presets and the training settings that `minibigr` uses when not told
@@ -542,7 +548,7 @@ def train_bigr(model, codes: CodeCache, s: TrainSettings, tokenizer=None, sample
     clock = CheckpointClock(s, d.device)
     for step in range(start, s.steps):
         idx = batch_indices(len(codes), s.batch_size, step, s.seed, d.rank, d.world)
-        tokens, labels = codes.get_batch(idx)
+        tokens, labels = codes.get_batch(idx, s.codes_draw, generator)       # a Bernoulli draw takes its bits first
         tokens, labels = tokens.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)

@@ -106,9 +106,41 @@ def _bigr_codes(tmp_path):
     return encode_dataset(tiny_tokenizer(), TinyImages(), tmp_path / "codes", batch_size=8)
 
 
-def test_bigr_resume_is_exact(tmp_path):
+def test_the_cache_keeps_what_a_bernoulli_draw_needs(tmp_path):
+    """probs.npy holds round(255 p) of each image and of its mirror; a Bernoulli batch picks one of the two by a
+    fair coin and draws each bit with probability q / 255, from the generator it is given."""
+    tok = tiny_tokenizer().eval()
+    data = TinyImages()
+    cache = encode_dataset(tok, data, tmp_path / "codes", batch_size=5)
+    p = tok.encode_token_probs(data.x)                                              # (n, N, K)
+    mirror = tok.encode_token_probs(data.x.flip(-1))
+    q = torch.from_numpy(np.array(cache.probs)).float() / 255                      # (n, 2, N, K)
+    assert q.shape == (len(data), 2, *p.shape[1:])
+    assert (q[:, 0] - p).abs().max() <= 0.5 / 255 + 1e-6 and (q[:, 1] - mirror).abs().max() <= 0.5 / 255 + 1e-6
+    assert torch.equal(cache.get_batch(range(len(data)))[0], (p > 0.5).float())   # threshold: exactly [p > 1/2]
+    # the mean of many draws of one row is the mean of its two views' probabilities, within sampling error
+    rows = torch.zeros(4000, dtype=torch.long) + 3
+    bits, labels = cache.get_batch(rows, "bernoulli", torch.Generator().manual_seed(0))
+    expected = (q[3, 0] + q[3, 1]) / 2                                              # (N, K)
+    sd = (expected * (1 - expected) / len(rows)).sqrt()
+    assert ((bits.mean(0) - expected).abs() <= 5 * sd + 1e-3).all() and (labels == data.y[3]).all()
+    # the same generator state gives the same bits; the next draw other ones
+    g = torch.Generator().manual_seed(7)
+    first = cache.get_batch([0, 5, 2], "bernoulli", g)[0]
+    assert torch.equal(first, cache.get_batch([0, 5, 2], "bernoulli", torch.Generator().manual_seed(7))[0])
+    assert not torch.equal(first, cache.get_batch([0, 5, 2], "bernoulli", g)[0])
+    with pytest.raises(ValueError, match="unknown draw"):
+        cache.get_batch([0], "sample")
+    (tmp_path / "codes" / "probs.npy").unlink()                     # a cache written before probabilities were kept
+    with pytest.raises(ValueError, match="holds no probabilities.*encode"):
+        CodeCache(tmp_path / "codes").get_batch([0], "bernoulli", g)
+
+
+@pytest.mark.parametrize("codes_draw", ["threshold", "bernoulli"])
+def test_bigr_resume_is_exact(tmp_path, codes_draw):
     codes = _bigr_codes(tmp_path)
-    settings = dict(steps=6, batch_size=4, lr=1e-3, warmup=2, ema=0.9, log_every=1, device="cpu")
+    settings = dict(steps=6, batch_size=4, lr=1e-3, warmup=2, ema=0.9, log_every=1, device="cpu",
+                    codes_draw=codes_draw)
     train_bigr(tiny_bigr(num_tokens=codes.h * codes.w), codes, TrainSettings(out_dir=str(tmp_path / "a"), **settings))
     # the same run in two parts: stop after 3 steps (a checkpoint), then resume to 6
     part = {**settings, "steps": 3}
@@ -123,6 +155,8 @@ def test_bigr_resume_is_exact(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert (tmp_path / "a" / "loss.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="codes_draw"):
+        TrainSettings(out_dir="x", codes_draw="sampled")
     assert (tmp_path / "a" / "model" / "model.safetensors").exists()
 
 
