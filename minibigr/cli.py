@@ -201,7 +201,8 @@ def cmd_paint(args):
     label = _check_label(args.label, pipe)
     x, mask = _read_image(args.image, pipe), _read_image(args.mask, pipe, mask=True)
     app = {"inpaint": apps.inpaint, "outpaint": apps.outpaint, "edit": apps.edit}[args.command]
-    out = app(pipe, x, mask, label, generator=_generator(args), **sampling_overrides(args))
+    out = app(pipe, x, mask, label, generator=_generator(args), mask_from_pixels=args.mask_from_pixels,
+              draw=args.draw, **sampling_overrides(args))
     paths = _write_pngs(out, [x, mask.to(x.dtype).expand_as(x), out], args.out, args.zoom)
     print(f"{args.command} (class {label}): {paths[0]}; input | mask | result: {paths[1]}")
 
@@ -222,7 +223,8 @@ def cmd_interpolate(args):
 def cmd_enrich(args):
     pipe = load_pipeline(args)
     x = _read_image(args.image, pipe)
-    out = apps.enrich(pipe, x, r=args.factor, generator=_generator(args), **sampling_overrides(args))
+    out = apps.enrich(pipe, x, r=args.factor, passes=args.passes, generator=_generator(args), draw=args.draw,
+                      **sampling_overrides(args))
     paths = _write_pngs(out, [x, out], args.out, args.zoom)
     print(f"enrich (factor {args.factor}): {paths[0]}; input | result: {paths[1]}")
 
@@ -354,6 +356,11 @@ def add_models(sp):
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def add_draw(sp) -> None:
+    sp.add_argument("--draw", choices=("threshold", "bernoulli"), default="threshold",
+                    help="the source image's tokens: threshold codes [p > 1/2], or Bernoulli draws (the authors' apps)")
+
+
 def add_app(sp, out: str, zoom_help: str, func) -> None:
     """What every zero-shot app's command takes besides its inputs: --out, --zoom, the model, the sampling settings."""
     sp.add_argument("--out", type=image_out, default=out, help="the result image")
@@ -445,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "OUT-compare.png (input | mask | result).")
         sp.add_argument("--image", required=True, help=IMAGE_HELP)
         sp.add_argument("--mask", required=True, help="mask image: white = regenerate")
-        sp.add_argument("--label", required=True, help="class of the regenerated region (number or name)")
+        sp.add_argument("--label", required=True, help="class of the regenerated region (number, name or 'null')")
+        sp.add_argument("--mask-from-pixels", choices=apps.MASK_FROM_PIXELS, default="any",
+                        help="a token is regenerated when any of its pixels is masked, or when the top-left one is "
+                             "(nearest: the authors' apps)")
+        add_draw(sp)
         add_app(sp, f"{name}.png", "upscaling of the comparison PNG", cmd_paint)
 
     sp = sub.add_parser("interpolate", help="a strip of images between two classes (class-embedding mix)")
@@ -458,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Writes OUT (the result) and OUT-compare.png (input | result).")
     sp.add_argument("--image", required=True, help=IMAGE_HELP)
     sp.add_argument("--factor", type=positive, default=2, help="blur factor r (must divide the token grid)")
+    sp.add_argument("--passes", type=positive, default=1, help="passes over the groups, each from the last (the "
+                    "authors run 4)")
+    add_draw(sp)
     add_app(sp, "enrich.png", "upscaling of the comparison PNG", cmd_enrich)
 
     sp = sub.add_parser("probe", help="linear probe of the frozen features of each block vs raw pixels")

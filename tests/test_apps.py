@@ -97,6 +97,71 @@ def test_enrich_regenerates_every_token_once_per_group(pipe, monkeypatch):
             apps.enrich(pipe, x, r=r)
 
 
+def test_enrich_in_four_passes_starts_each_pass_from_the_last(pipe, monkeypatch):
+    """passes=4, as the authors' apps/enrich.py: 4 x 4 generate calls, each pass a new random split of the 2 x 2
+    places, and every call starts from the tokens the previous one returned."""
+    calls = []
+    generate = pipe.model.generate
+
+    def recording(labels, **kwargs):
+        out = generate(labels, **kwargs)
+        calls.append((kwargs["tokens"].clone(), ~kwargs["given"], out))
+        return out
+
+    monkeypatch.setattr(pipe.model, "generate", recording)
+    apps.enrich(pipe, images(1), r=2, passes=4, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 16
+    for (_, _, before), (tokens, _, _) in zip(calls, calls[1:], strict=False):
+        assert torch.equal(tokens, before)                                     # fed back, call after call
+    for p in range(4):
+        regen = torch.stack([c[1] for c in calls[4 * p:4 * p + 4]])
+        assert torch.equal(regen.sum(0), torch.ones(1, 64, dtype=torch.long))  # each pass: every token once
+    splits = {tuple(int(c[1][0].view(8, 8)[:2, :2].flatten().int().argmax()) for c in calls[4 * p:4 * p + 4])
+              for p in range(4)}
+    assert len(splits) > 1                                                     # the passes split the places anew
+    with pytest.raises(ValueError, match="passes must be >= 1"):
+        apps.enrich(pipe, images(1), passes=0)
+
+
+def test_token_masks_from_pixels_any_pixel_or_the_nearest_one():
+    """"any": a token is regenerated when any of its 4 x 4 pixels is masked; "nearest" (the authors'
+    F.interpolate(mode="nearest")): when the top-left pixel of its patch is."""
+    mask = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    mask[0, 0, 3, 3] = True                      # the bottom-right pixel of token (0, 0)
+    mask[0, 0, 4, 8] = True                      # the top-left pixel of token (1, 2)
+    anyp, nearest = (apps.token_mask(mask, (8, 8), rule).view(8, 8) for rule in ("any", "nearest"))
+    assert anyp[0, 0] and anyp[1, 2] and int(anyp.sum()) == 2
+    assert not nearest[0, 0] and nearest[1, 2] and int(nearest.sum()) == 1
+    with pytest.raises(ValueError, match="mask_from_pixels"):
+        apps.token_mask(mask, (8, 8), "centre")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_inpaint_reveals_on_the_mask_schedule_it_is_given(pipe, schedule):
+    """mask_schedule="linear" (the authors' inpaint_with_cfg default) keeps floor(n (1 - i/I)) of the n regenerated
+    tokens masked after step i; cosine floor(n cos(pi/2 i/I))."""
+    import math
+
+    masked = []
+    x, mask = images(1), left_half_mask(1)
+    apps.inpaint(pipe, x, mask, 3, generator=torch.Generator().manual_seed(0), mask_schedule=schedule,
+                 callback=lambda step: masked.append(int(step.mask.sum())))
+    n, I = int(apps.token_mask(mask, (8, 8)).sum()), pipe.model.config.sampling.num_iter
+    ratio = {"cosine": lambda i: max(0.0, math.cos(math.pi / 2 * i / I)), "linear": lambda i: 1 - i / I}[schedule]
+    assert masked == [math.floor(n * ratio(i)) for i in range(1, I + 1)]
+
+
+def test_inpaint_encodes_the_source_by_threshold_or_bernoulli_draw(pipe):
+    x, mask = images(1), left_half_mask(1)
+    keep = ~apps.token_mask(mask, (8, 8))
+    for draw, expected in (("threshold", pipe.encode(x)),
+                           ("bernoulli", pipe.encode(x, "bernoulli", torch.Generator().manual_seed(5)))):
+        seen = []
+        apps.inpaint(pipe, x, mask, 3, generator=torch.Generator().manual_seed(5), draw=draw,
+                     callback=lambda step, seen=seen: seen.append(step.tokens))
+        assert torch.equal(seen[-1][keep], expected[keep])                   # the kept tokens are the source's
+
+
 def test_mask_shape_errors(pipe):
     with pytest.raises(ValueError, match="does not match"):
         apps.inpaint(pipe, images(), torch.zeros(16, 16, dtype=torch.bool), labels=0)
