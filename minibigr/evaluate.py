@@ -5,6 +5,7 @@
                                   fixed memory from any number of feature batches
     precision_recall              k-NN manifold precision / recall (Kynkaenniemi et al. 2019, k = 3)
     inception_score               exp E_x KL(p(y|x) || p(y)), mean and std over 10 splits (Salimans et al.)
+    transcoder_calibration        the denoiser's predicted flip probabilities against the flips on held-out codes
     evaluate_generator            all of the above for a BiGRPipeline, in chunks, deterministic under a seed
     cached_summary                a real image set's summary, featurised once and read back from a cache after
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
 from .data import ArrayDataset, iterate_batches
+from .model import BiGR, eval_mode, spread_mask_counts
 from .pipeline import BiGRPipeline
 from .quantizer import code_usage
 
@@ -263,6 +265,62 @@ def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS) -> tuple[floa
     sums = ScoreSums(splits)
     sums.update(logits)
     return sums.score
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration of the transcoder
+# ----------------------------------------------------------------------------------------------
+def calibration_table(predicted: torch.Tensor, observed: torch.Tensor, edges: torch.Tensor) -> list[dict]:
+    """Per bin of ``predicted`` (edges (E,), the last bin closed): its count, mean prediction, observed rate."""
+    which = torch.bucketize(predicted, edges[1:-1], right=True)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "bits": int((which == b).sum()),
+             "predicted": float(predicted[which == b].mean()) if (which == b).any() else None,
+             "observed": float(observed[which == b].mean()) if (which == b).any() else None}
+            for b in range(len(edges) - 1)]
+
+
+def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, bins: int = 10) -> float:
+    """ECE = sum over equal-width bins of predicted probability of (share of bits) |mean predicted - observed rate|."""
+    table = calibration_table(predicted, observed, torch.linspace(0, 1, bins + 1, dtype=predicted.dtype))
+    return sum(row["bits"] * abs(row["predicted"] - row["observed"]) for row in table if row["bits"]) / len(predicted)
+
+
+@torch.no_grad()
+def transcoder_calibration(model: BiGR, tokens: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
+                           bins: int = 10, t_bins: int = 8, seed: int = 0) -> dict:
+    """How well the transcoder's flip probabilities match the flips they predict, on held-out codes.
+
+    tokens (n, N, K), labels (n,): codes the model did not train on. Each batch is masked as in training (its mask
+    count from evenly spread steps of the schedule, ``spread_mask_counts``), every masked token gets a step t and a
+    forward draw z_t, and the denoiser predicts which bits of z_t are flipped. Returns the expected calibration error
+    ("ece": 0 = calibrated), the table by bin of predicted probability ("by_probability") and by range of t
+    ("by_t": mean predicted flip probability against the observed flip rate), and the bits counted. With the
+    weighted BCE the predictions run high where flips are rare (docs/method.md §4.2).
+    """
+    if model.transcoder.objective == "direct":
+        raise ValueError("the direct objective has no z_t, so no flips to calibrate: it predicts z_0 in one pass")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    starts = range(0, len(tokens), batch_size)
+    predicted, observed, steps = [], [], []
+    with eval_mode(model):
+        for start, n_mask in zip(starts, spread_mask_counts(model.config.num_tokens, len(starts)), strict=True):
+            x, y = tokens[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            draws = model.loss_draws(len(x), generator, device, n_mask=n_mask)
+            z0, cond = model.masked_targets(x, y, draws)
+            p, flipped = model.transcoder.flip_probs(z0, cond, draws.t, draws.uniform.to(z0.dtype))  # (M, K) each
+            predicted.append(p.flatten().cpu())
+            observed.append(flipped.flatten().cpu())
+            steps.append(draws.t.repeat_interleave(model.config.K).cpu())
+    predicted, observed, steps = torch.cat(predicted).double(), torch.cat(observed).double(), torch.cat(steps)
+    t_edges = torch.linspace(1, model.config.T + 1, t_bins + 1, dtype=torch.float64)
+    by_t = calibration_table(steps.double(), observed, t_edges)
+    for row, rest in zip(by_t, calibration_table(steps.double(), predicted, t_edges), strict=True):
+        row["predicted"], row["observed"] = rest["observed"], row["observed"]    # mean prediction, flip rate
+    return {"ece": expected_calibration_error(predicted, observed, bins), "bits": len(predicted),
+            "by_probability": calibration_table(predicted, observed, torch.linspace(0, 1, bins + 1,
+                                                                                    dtype=torch.float64)),
+            "by_t": by_t}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -218,18 +218,25 @@ class BiGR(Checkpointed, nn.Module):
         become the null class; the transcoder loss is averaged over the masked positions and the K bits.
         stats: loss and bce (detached tensors), n_mask (masked tokens per sample).
         """
+        if draws is None:
+            draws = self.loss_draws(self._check_tokens(tokens), generator, tokens.device)
+        z0, cond = self.masked_targets(tokens, labels, draws)                               # (B * n_mask, K / d)
+        loss_bits, bce = self.transcoder.loss(z0, cond, t=draws.t, uniform=draws.uniform)   # (B * n_mask, K) each
+        loss = loss_bits.mean()
+        return loss, {"loss": loss.detach(), "bce": bce.mean().detach(), "n_mask": draws.idx.shape[1]}
+
+    def masked_targets(self, tokens: torch.Tensor, labels: torch.Tensor,
+                       draws: LossDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean bits z0 (B * n_mask, K) of the masked tokens of ``draws`` and their conditions h (B * n_mask, d):
+        what the transcoder learns from (dropped labels become the null class)."""
         B = self._check_tokens(tokens)
         labels = self._check_labels(labels, B, check_range=False)
-        if draws is None:
-            draws = self.loss_draws(B, generator, tokens.device)
         labels = torch.where(draws.drop, self.null_class, labels)                          # (B,)
         mask = positions_mask(draws.idx, self.config.num_tokens)                           # (B, N)
         # the conditions of the masked tokens only: the backbone's last block runs its queries there alone
         cond = self.backbone(tokens, labels, mask, positions=draws.idx).flatten(0, 1)      # (B * n_mask, d)
         z0 = gather_tokens(tokens, draws.idx).to(self.backbone.tok_embeddings.weight.dtype)  # (B * n_mask, K)
-        loss_bits, bce = self.transcoder.loss(z0, cond, t=draws.t, uniform=draws.uniform)   # (B * n_mask, K) each
-        loss = loss_bits.mean()
-        return loss, {"loss": loss.detach(), "bce": bce.mean().detach(), "n_mask": draws.idx.shape[1]}
+        return z0, cond
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups with the official rule: decay every parameter of >= 2 dimensions (weight

@@ -402,6 +402,19 @@ class BinaryTranscoder(nn.Module):
         bce = F.binary_cross_entropy_with_logits(x0_logits, z0, reduction="none")
         return bit_loss(logits, target, self.weighting, self.focal_gamma), bce
 
+    def flip_probs(self, z0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                   uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For clean bits z0 (M, K) noised to z_t at steps t (M,) with ``uniform`` (M, K): the predicted probability
+        that each bit of z_t is flipped, P(z_0 != z_t), and whether it is (both (M, K)). Any objective but direct:
+        x0's P(z_0 = 1) is read as a flip probability through z_t."""
+        if self.objective == "direct":
+            raise ValueError("the direct objective has no z_t: nothing is flipped")
+        z_t = q_sample(z0, t, self.k, self.b, uniform=uniform)
+        logits = self.denoiser(z_t, (t - 1).to(cond.dtype), cond)
+        if self.objective == "x0":
+            logits = flip_to_x0_logits(logits, z_t)             # the same map turns a z_0 logit into a flip logit
+        return torch.sigmoid(logits.float()), (z0 != z_t).float()
+
     # -- sampling ---------------------------------------------------------------------------
     def _in_pieces(self, bounds: list[tuple[int, int]], cond: torch.Tensor, cond_null: torch.Tensor | None,
                    uniforms: torch.Tensor | None, **rest) -> torch.Tensor:

@@ -304,3 +304,35 @@ def test_evaluate_generator_on_a_tiny_model_is_deterministic(tmp_path):
     pixels = lambda x: (x.flatten(1)[:, :8], x.flatten(1)[:, :5])  # noqa: E731
     c = ev.evaluate_generator(pipe, bars(40, 0), bars(20, 1), clf.extract, inception=pixels, **kwargs)
     assert c["fd"] == a["fd"] and math.isfinite(c["inception"]["fd"]) and c["inception"]["inception_score"] >= 1
+
+
+# -- calibration of the transcoder --------------------------------------------------------------
+@pytest.mark.parametrize("objective", ["flip", "x0"])
+def test_calibration_of_a_denoiser_with_a_known_output(objective):
+    """A denoiser whose last layer outputs one logit everywhere predicts one flip probability q for every bit (flip:
+    sigmoid(l); x0: P(z_0 = 1) = sigmoid(l), read through z_t); the bits of z_t flip at the forward process's rate,
+    b_t at step t, so the ECE is |q - mean over t of b_t| and each range of t observes its own mean b_t."""
+    from minibigr.model import BiGR, BiGRConfig
+
+    torch.manual_seed(0)
+    model = BiGR(BiGRConfig.preset("tiny-32", K=8, num_tokens=16, num_classes=3, dim=32, n_layer=1, n_head=2,
+                                   transcoder_width=32, transcoder_blocks=1, objective=objective))
+    logit = math.log(0.3 / 0.7)
+    with torch.no_grad():
+        model.transcoder.denoiser.final_layer.linear.weight.zero_()
+        model.transcoder.denoiser.final_layer.linear.bias.fill_(logit)
+    g = torch.Generator().manual_seed(1)
+    tokens, labels = (torch.rand(600, 16, 8, generator=g) < 0.4).float(), torch.randint(0, 3, (600,), generator=g)
+    report = ev.transcoder_calibration(model, tokens, labels, batch_size=100, t_bins=4)
+    b = model.transcoder.b[1:].double()                                   # b_t for t = 1..T
+    if objective == "flip":
+        expected_flip = float(b.mean())
+        assert report["ece"] == pytest.approx(abs(0.3 - expected_flip), abs=0.01)
+        assert [row["bits"] for row in report["by_probability"] if row["bits"]] == [report["bits"]]   # one bin: 0.3
+    for row, part in zip(report["by_t"], b.chunk(4), strict=True):
+        assert row["observed"] == pytest.approx(float(part.mean()), abs=0.02)
+        if objective == "flip":
+            assert row["predicted"] == pytest.approx(0.3, abs=1e-6)
+    with pytest.raises(ValueError, match="direct"):
+        model.transcoder.objective = "direct"
+        ev.transcoder_calibration(model, tokens[:10], labels[:10])
