@@ -3,11 +3,13 @@
     import minibigr
     pipe = minibigr.pretrained("fashion-mnist")         # a BiGRPipeline: pipe.tokenizer, pipe.model
     images = pipe([0, 1, 7, 9])                         # (4, 1, 32, 32) in [0, 1]
+    minibigr.animate(pipe, [0, 1, 7, 9], "reveal.gif")  # the same, and a GIF of every unmasking step
 
 The method is written down in docs/method.md. ``import minibigr`` needs torch, numpy and safetensors only;
 submodules (``minibigr.apps``, ``minibigr.official``, ``minibigr.train``, ...) import on demand.
 """
 
+from .animation import animate
 from .config import BiGRConfig
 from .model import BiGR
 from .pipeline import BiGRPipeline, pretrained
@@ -17,4 +19,4 @@ from .tokenizer import BinaryAutoencoder, TokenizerConfig
 __version__ = "0.1.0"
 
 __all__ = ["BiGR", "BiGRConfig", "BiGRPipeline", "BinaryAutoencoder", "SamplingConfig", "TokenizerConfig",
-           "pretrained", "__version__"]
+           "animate", "pretrained", "__version__"]

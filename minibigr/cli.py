@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import apps, official
+from .animation import check_gif_path, write_animation
 from .classifier import load_or_train_classifier
 from .codes import CodeCache, encode_dataset
 from .config import BiGRConfig
@@ -31,7 +32,7 @@ from .inception import InceptionFeatures
 from .model import BiGR
 from .pipeline import NULL_NAME, BiGRPipeline, load_tokenizer, names_null
 from .probe import format_probe, parse_layers, parse_pools, probe_model
-from .sampler import SamplingConfig
+from .sampler import SamplingConfig, StepRecorder
 from .tokenizer import BinaryAutoencoder, TokenizerConfig
 from .train import RECIPES, bigr_settings, seeded_init, tokenizer_settings, train_bigr, train_tokenizer
 
@@ -65,6 +66,15 @@ def image_out(text: str) -> str:
     """argparse type of an output image: checked before any sampling starts."""
     try:
         check_image_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def gif_out(text: str) -> str:
+    """argparse type of an animation file: a .gif, checked before any sampling starts."""
+    try:
+        check_gif_path(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -145,11 +155,22 @@ def cmd_sample(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     settings = sampling_overrides(args)
+    recorder = StepRecorder()
+
+    def watch(step):
+        bar.update()
+        if args.animate:
+            recorder(step)
+
     with tqdm(total=pipe.model.config.sampling.replace(**settings).num_iter, desc="sampling steps", leave=False,
               dynamic_ncols=True, disable=None) as bar:
         images = pipe([y for y in labels for _ in range(args.per_class)], generator=_generator(args),
-                      callback=lambda step: bar.update(), **settings)
+                      callback=watch, **settings)
     save_image_grid(images, out, nrow=args.per_class)
+    if args.animate:            # the first sample of each class, as the grid's first column shows it
+        write_animation(pipe, recorder.steps, images, args.animate, pipe.model.config.sampling.replace(**settings),
+                        columns=list(range(0, len(images), args.per_class)))
+        print(f"reveal animation of the first sample of each class: {args.animate}")
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, images=(images.cpu().numpy() * 255).round().astype(np.uint8),
                         labels=np.repeat(pipe.labels(labels).cpu().numpy(), args.per_class))
@@ -422,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--per-class", type=positive, default=8, help="samples per class: one row of the grid each")
     sp.add_argument("--out", type=image_out, default="samples.png",
                     help="the grid (.png, .jpg, ...); the samples as uint8 arrays with their labels go to OUT.npz")
+    sp.add_argument("--animate", type=gif_out, metavar="GIF",
+                    help="also write the reveal animation of this run (the first sample of each class; one frame "
+                         "per step) to GIF; the samples are the same with or without it")
     add_sampling(sp)
     sp.set_defaults(func=cmd_sample)
 

@@ -269,6 +269,46 @@ class RevealOrder:
         self.revealed_at[step.chosen] = step.i
 
 
+class StepRecorder:
+    """A ``callback`` that keeps a copy of every step, for pictures of the run (``minibigr.animate`` draws them).
+
+        recorder = StepRecorder()
+        tokens = model.generate(labels, callback=recorder)
+        recorder.steps                                # [RecordedStep, ...], one per step, on the CPU
+
+    Each step keeps the tokens and the masks after it, the certainty of every token whose p the step computed (the
+    run's own score for a certainty order; the confidence for a blind one, which reads no certainty, so only the
+    tokens it reveals have one; NaN elsewhere) and the step that revealed each token so far. It draws no random
+    numbers: a run gives the same tokens with it.
+    """
+
+    def __init__(self):
+        self.steps: list[RecordedStep] = []
+
+    def __call__(self, step: SamplingStep) -> None:
+        score = CERTAINTY.get(step.settings.order, confidence)
+        certainty = score(step.p.float()).masked_fill(~step.scored, float("nan"))         # (B, N)
+        before = self.steps[-1].revealed_at if self.steps else torch.full(step.mask.shape, float("nan"))
+        revealed_at = torch.where(step.chosen.cpu(), float(step.i), before)                  # (B, N)
+        self.steps.append(RecordedStep(step.i, step.settings.num_iter, step.tokens.cpu(), step.mask.cpu(),
+                                       step.chosen.cpu(), certainty.cpu(), revealed_at))
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """One step of a run, as ``StepRecorder`` keeps it: step i of I; tokens (B, N, K), mask (B, N) (True = still
+    masked), chosen (B, N) (revealed at this step), certainty (B, N) (NaN where not scored), revealed_at (B, N) (the
+    step that revealed each token so far, NaN for the still masked and the given)."""
+
+    i: int
+    num_iter: int
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    chosen: torch.Tensor
+    certainty: torch.Tensor
+    revealed_at: torch.Tensor
+
+
 @torch.no_grad()
 def sample_tokens(predict: Predictor, tokens: torch.Tensor, given: torch.Tensor | None, settings: SamplingConfig,
                   generator: torch.Generator | None = None, gumbels: torch.Tensor | None = None,

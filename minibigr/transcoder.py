@@ -58,12 +58,13 @@ def bernoulli_schedule(name: str, T: int) -> tuple[torch.Tensor, torch.Tensor, t
             k = 0.5 + 0.5 * torch.cos(math.pi * t / T)
         else:
             # Binary Latent Diffusion's sigmoid schedule: gamma(t) from a sigmoid over [start, end]
-            # with temperature tau (start 0, end 3, tau 0.8), clipped away from 0.
+            # with temperature tau (start 0, end 3, tau 0.8), clipped to [0, 1] as the authors do
+            # (llama/bindiff/binarylatent.py, clip_min=0.0): k_T = 0, z_T is pure noise
             start, end, tau = 0.0, 3.0, 0.8
             v_start, v_end = (torch.sigmoid(torch.tensor(x / tau, dtype=torch.float64, device="cpu"))
                               for x in (start, end))
             v = torch.sigmoid((t / T * (end - start) + start) / tau)
-            k = ((v_end - v) / (v_end - v_start)).clamp(1e-9, 1.0).to(torch.float64)
+            k = ((v_end - v) / (v_end - v_start)).clamp(0.0, 1.0).to(torch.float64)
         k[0] = 1.0
         beta = torch.ones_like(k)
         beta[1:] = k[1:] / k[:-1]

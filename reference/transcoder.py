@@ -18,7 +18,7 @@ from numba import njit
 
 from .quantizer import sigmoid
 
-SIGMOID_START, SIGMOID_END, SIGMOID_TAU, SIGMOID_CLIP = 0.0, 3.0, 0.8, 1e-9
+SIGMOID_START, SIGMOID_END, SIGMOID_TAU, SIGMOID_CLIP = 0.0, 3.0, 0.8, 0.0
 LAYER_NORM_EPS = 1e-6
 
 

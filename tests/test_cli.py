@@ -62,7 +62,7 @@ def test_import_is_light_and_never_touches_the_reference():
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))
     assert {"torch", "numpy", "minibigr"} <= loaded
-    assert not loaded & {"reference", "numba", "matplotlib", "hypothesis", "pytest", "nbclient", "PIL"}
+    assert not loaded & {"reference", "numba", "matplotlib", "hypothesis", "pytest", "nbclient", "PIL", "gradio"}
 
 
 def test_console_script_entry_point_is_declared():

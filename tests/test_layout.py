@@ -22,7 +22,7 @@ LAYERS = {
     "official": 5,
     "pipeline": 6,
     # what is built on a pipeline: applications, training, evaluation
-    "apps": 7, "train": 7, "evaluate": 7, "probe": 7, "classifier": 7, "inception": 7,
+    "apps": 7, "animation": 7, "train": 7, "evaluate": 7, "probe": 7, "classifier": 7, "inception": 7,
     "demo": 8,
     "cli": 9,
 }
