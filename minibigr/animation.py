@@ -21,7 +21,7 @@ import torch
 
 from .images import check_image_path
 from .pipeline import BiGRPipeline, names_null
-from .sampler import RecordedStep, StepRecorder
+from .sampler import BLIND_ORDERS, RecordedStep, StepRecorder
 
 GREY = 0.5              # the still-masked patches of a frame's images
 CAPTION_HEIGHT = 30     # pixels above the panels, for the caption
@@ -75,8 +75,9 @@ def write_animation(pipe: BiGRPipeline, steps: list[RecordedStep], images: torch
 
 def caption(step: RecordedStep, settings) -> str:
     revealed = int((~step.mask).sum(1).max())
+    gumbel = f"Gumbel {settings.gumbel:g}" if settings.order not in BLIND_ORDERS else "(reads no certainty)"
     return (f"step {step.i}/{step.num_iter}   revealed {revealed}/{step.mask.shape[1]} tokens   "
-            f"order {settings.order}   CFG {settings.cfg:g}   Gumbel {settings.gumbel:g}")
+            f"order {settings.order} {gumbel}   CFG {settings.cfg:g}")
 
 
 def panels(pipe: BiGRPipeline, step: RecordedStep, final: torch.Tensor | None = None) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import apps, official
 from .animation import check_gif_path, write_animation
+from .app import launch
 from .classifier import load_or_train_classifier
 from .codes import CodeCache, encode_dataset
 from .config import BiGRConfig
@@ -182,6 +183,10 @@ def cmd_eval_tokenizer(args):
     dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
     report = evaluate_tokenizer(tokenizer, dataset, limit=args.limit)
     print(json.dumps(report, indent=2))
+
+
+def cmd_app(args):
+    launch(load_pipeline(args), host=args.host, port=args.port)
 
 
 def cmd_demo(args):
@@ -457,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=positive, help="only the first N images")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP)
     sp.set_defaults(func=cmd_eval_tokenizer)
+
+    sp = sub.add_parser("app", help="a local web app: generate, inpaint, edit and interpolate (needs the [app] "
+                        "extra: gradio)", description="Serves the app on http://HOST:PORT until interrupted.")
+    add_models(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="the address to serve on (127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=positive, default=7860, help="the port to serve on")
+    sp.set_defaults(func=cmd_app)
 
     sp = sub.add_parser("demo", help="samples, reconstructions and a summary from the shipped model")
     sp.add_argument("--out", default="minibigr-demo")

@@ -85,9 +85,18 @@ def load_image(path, channels: int, size: int, mask: bool = False) -> torch.Tens
     if changes:
         wants = "masks are" if mask else f"the tokenizer takes {channels}-channel"
         print(f"note: {file}: {', '.join(changes)} ({wants} {size}x{size} images)", file=sys.stderr)
+    return from_pil(image, channels, size, mask)
+
+
+def from_pil(image, channels: int, size: int, mask: bool = False) -> torch.Tensor:
+    """A PIL image as (1, channels, size, size) in [0, 1], resized and converted; a mask as (1, 1, size, size) bool:
+    white (> 127) = True, made binary at full resolution, then box-filtered down, so any covered part counts."""
+    from PIL import Image
+
     if mask:
         white = image.convert("L").point(lambda v: 255 if v > 127 else 0)
         array = np.asarray(white.resize((size, size), Image.Resampling.BOX))
         return torch.from_numpy(array > 0)[None, None]
+    mode = "L" if channels == 1 else "RGB"
     array = np.asarray(image.convert(mode).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255
     return torch.from_numpy(array.reshape(size, size, -1)).permute(2, 0, 1)[None].contiguous()

@@ -9,7 +9,7 @@ import pytest
 from minibigr.cli import build_parser, main
 from minibigr.model import BiGR, BiGRConfig
 
-COMMANDS = ("train-tokenizer", "encode", "train", "sample", "eval-tokenizer", "demo")
+COMMANDS = ("train-tokenizer", "encode", "train", "sample", "eval-tokenizer", "demo", "app")
 
 
 def test_every_command_has_help(capsys):

@@ -23,7 +23,7 @@ LAYERS = {
     "pipeline": 6,
     # what is built on a pipeline: applications, training, evaluation
     "apps": 7, "animation": 7, "train": 7, "evaluate": 7, "probe": 7, "classifier": 7, "inception": 7,
-    "demo": 8,
+    "demo": 8, "app": 8,
     "cli": 9,
 }
 
