@@ -9,6 +9,7 @@ and runs it with this interpreter), with notebooks/ as the working directory.
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
@@ -76,3 +77,60 @@ def test_notebook_runs_top_to_bottom(path):
         client.execute()
     except nbclient.exceptions.CellExecutionError as e:  # its message holds the cell's source and traceback
         pytest.fail(f"{path.name}: a cell failed\n{e}", pytrace=False)
+
+
+SAMPLERS = {"generate", "sample_tokens", "animate"}          # calls that sample, by name
+APPS = {"inpaint", "outpaint", "edit", "interpolate", "enrich"}  # ... and the apps, as apps.<name>
+
+
+def sampling_calls(tree) -> list:
+    """The calls of a notebook's code that sample: generate, sample_tokens, animate, pipe(...) and apps.<app>."""
+    calls = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+        owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else None
+        if name in SAMPLERS or name == "pipe" or (name in APPS and owner == "apps"):
+            calls.append(node)
+    return calls
+
+
+def dicts_with_order(tree) -> set[str]:
+    """Names assigned a dict (literal or dict(...)) that holds an "order" key: ``**name`` passes the order."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            keys = ([k.value for k in value.keys if isinstance(k, ast.Constant)] if isinstance(value, ast.Dict)
+                    else [k.arg for k in value.keywords] if isinstance(value, ast.Call) and
+                    getattr(value.func, "id", None) == "dict" else [])
+            if "order" in keys:
+                names.add(node.targets[0].id)
+    return names
+
+
+def passes_order(call, named: set[str]) -> bool:
+    """Whether a call gives ``order=``, or ``**name`` of a dict that holds an order (``named``)."""
+    return any(k.arg == "order" or (k.arg is None and getattr(k.value, "id", None) in named) for k in call.keywords)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_sampling_call_names_its_order(path):
+    """What runs is written where the learner reads it: no sampling call leaves the order to a model's default
+    (``order=`` given, or ``**settings`` of a dict in the notebook that holds one)."""
+    cells = [cell for cell in read(path).cells if cell.cell_type == "code"]
+    tree = ast.parse("\n".join(cell.source for cell in cells))
+    named = dicts_with_order(tree)
+    for call in sampling_calls(tree):
+        assert passes_order(call, named), (
+            f"{path.name}: a sampling call leaves the order to the model's default: {ast.unparse(call)[:200]}")
+
+
+def test_the_order_test_catches_a_call_without_an_order():
+    tree = ast.parse('s = dict(order="random")\npipe(x, **s)\napps.inpaint(pipe, x, m, 1, order="entropy")\n'
+                     'F.interpolate(x, size=4)\nmodel.generate(y, cfg=2)')
+    named = dicts_with_order(tree)
+    missing = [ast.unparse(c) for c in sampling_calls(tree) if not passes_order(c, named)]
+    assert missing == ["model.generate(y, cfg=2)"]
