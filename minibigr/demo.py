@@ -24,6 +24,7 @@ from .pipeline import pretrained
 from .train import train_pipeline
 
 INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+FAST_STEPS = (300, 600)          # --train --fast: tokenizer and BiGR steps (the recipe: 4000 and 5000)
 
 
 def steps_bar(desc: str, steps: int) -> tqdm:
@@ -41,9 +42,9 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
                      "torch_threads": torch.get_num_threads()}
     t0 = time.time()
     if train:
-        overrides = ({"steps": 1500}, {"steps": 2500}) if fast else ({}, {})
+        tokenizer, bigr = ({"steps": steps} for steps in FAST_STEPS) if fast else ({}, {})
         pipe = train_pipeline("fashion-mnist", out / "train", data_dir=data_dir, device=device,
-                              tokenizer_overrides=overrides[0], bigr_overrides=overrides[1])
+                              tokenizer_overrides=tokenizer, bigr_overrides=bigr)
         summary["trained_in_s"] = round(time.time() - t0, 1)
         summary["weights"] = str(out / "train")
     else:
