@@ -13,6 +13,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,22 +64,19 @@ def positive(text: str) -> int:
     return n
 
 
-def image_out(text: str) -> str:
-    """argparse type of an output image: checked before any sampling starts."""
-    try:
-        check_image_path(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def checked_path(check) -> Callable[[str], str]:
+    """An argparse type that runs ``check(text)`` (which raises ValueError on a bad path) before any work starts."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return parse
 
 
-def gif_out(text: str) -> str:
-    """argparse type of an animation file: a .gif, checked before any sampling starts."""
-    try:
-        check_gif_path(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+image_out = checked_path(check_image_path)    # an output image
+gif_out = checked_path(check_gif_path)        # an animation file: a .gif
 
 
 def load_pipeline(args) -> BiGRPipeline:

@@ -4,7 +4,8 @@ An encoder feature map becomes K independent Bernoulli probabilities per token,
 p = sigmoid(conv1x1(h)); the code is z ~ Bernoulli(p) while training (or [p > 1/2]
 when deterministic). Gradients flow through p with the straight-through estimator
 z_st = z + p - stopgrad(p). The decoder sees q = sum_k z_k E_k, a product with a
-learned K x emb_dim matrix E (an embedding lookup of a one-hot code is the same thing).
+learned K x emb_dim matrix E: a bias-free linear map of the K bits, not a lookup of one row
+(E is an nn.Embedding's weight only because the authors' checkpoint stores it under that name).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def straight_through(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def code_regularizer(p: torch.Tensor) -> torch.Tensor:
-    """mean p(1-p): pushes probabilities towards 0 or 1 (official weight 0)."""
+    """mean p(1-p): pushes probabilities towards 0 or 1 (weight 0 in the authors' defaults)."""
     return (p * (1 - p)).mean()
 
 

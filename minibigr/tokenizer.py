@@ -53,7 +53,7 @@ class TokenizerConfig:
     norm_first: bool = True             # generator starts with a GroupNorm on the codes (BiGR: on)
     gen_mul: float = 1.0                # generator has int(res_blocks * gen_mul) blocks per level
     image_range: str = "unit"           # range the network sees: "unit" [0,1] or "symmetric" [-1,1]
-    # training (VQGAN recipe, official values)
+    # training (VQGAN recipe; the values of the authors' hparams/defaults/binarygan_default.py)
     ndf: int = 64                       # PatchGAN base width
     disc_layers: int = 3                # PatchGAN stride-2 layers
     disc_start: int = 30001             # step at which the GAN loss switches on

@@ -93,8 +93,9 @@ def q_sample(z0: torch.Tensor, t: torch.Tensor, k: torch.Tensor, b: torch.Tensor
 def visited_steps(T: int, S: int) -> np.ndarray:
     """The S timesteps the reverse chain visits, descending from T to 1.
 
-    floor((T - 1) * j / (S - 1)) + 1 for j = 0..S-1, computed in integers: a float linspace
-    would round some exact integers down and visit a step twice (S = T must visit every step).
+    floor((T - 1) * j / (S - 1)) + 1 for j = 0..S-1, computed in integers: the floor of a float
+    linspace lands one step low where the quotient is a whole number it rounds just under
+    (T = 31, S = 23 is the first case), so the visited steps would hang on float rounding.
     """
     if not 1 <= S <= T:
         raise ValueError(f"diffusion steps S must be in 1..T={T}, got {S}")

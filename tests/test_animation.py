@@ -9,22 +9,15 @@ import minibigr
 from minibigr import BiGRPipeline
 from minibigr.animation import ROWS, write_animation
 from minibigr.cli import main
-from minibigr.model import BiGR, BiGRConfig
 from minibigr.sampler import StepRecorder
-from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
-                                                        attn_resolutions=()))
-    model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, dim=32, n_layer=2, n_head=2, transcoder_width=32,
-                                   transcoder_blocks=1, sampling=dict(num_iter=5, diffusion_steps=4, order="entropy",
-                                                                      gumbel=0.01)))
+def pipe(tiny_parts):
+    tok, model = tiny_parts(sampling=dict(num_iter=5, diffusion_steps=4, order="entropy", gumbel=0.01))
     for p in model.parameters():          # random outputs make the certainty differ from token to token
         torch.nn.init.normal_(p, std=0.2)
-    return BiGRPipeline(tok.eval(), model.eval())
+    return BiGRPipeline(tok, model)
 
 
 def frames(path) -> list[np.ndarray]:

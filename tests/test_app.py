@@ -9,21 +9,15 @@ from PIL import Image
 from benchmarks import app_screenshot as screenshot
 from minibigr import BiGRPipeline
 from minibigr.app import App
-from minibigr.model import BiGR, BiGRConfig
-from minibigr.tokenizer import BinaryAutoencoder, TokenizerConfig
 
 FAST = dict(order="random", cfg=1.5, gumbel=0.01, num_iter=3, diffusion_steps=4, seed=0)
 
 
 @pytest.fixture(scope="module")
-def app():
-    torch.manual_seed(0)
-    tok = BinaryAutoencoder(TokenizerConfig.preset("fashion-mnist-32", nf=32, ch_mult=(1, 1, 1), emb_dim=32, K=6,
-                                                        attn_resolutions=()))
-    model = BiGR(BiGRConfig.preset("tiny-32", K=6, num_tokens=64, num_classes=3, dim=32, n_layer=2, n_head=2,
-                                   transcoder_width=32, transcoder_blocks=1))
+def app(tiny_parts):
+    tok, model = tiny_parts(num_classes=3)
     tests = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    return App(BiGRPipeline(tok.eval(), model.eval(), class_names=["cat", "dog", "owl"]), tests)
+    return App(BiGRPipeline(tok, model, class_names=["cat", "dog", "owl"]), tests)
 
 
 def test_generate_gives_the_images_and_the_reveal_animation(app):
