@@ -717,8 +717,17 @@ def settings_from(args) -> Settings:
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
-    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return study(args, argv)
+    finally:
+        torch.set_num_threads(threads)          # a caller in the same process (the tests) keeps its thread count
+
+
+def study(args, argv) -> list[Path]:
+    """Compute the stages asked for (reading the stored results of the others) and write the report."""
+    t0 = time.perf_counter()
     out = Path(args.out)
     s = settings_from(args)
     lab = Lab(out, s, args.device, args.results)

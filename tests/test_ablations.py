@@ -371,7 +371,7 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
 @pytest.mark.fashion_mnist
 def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     out, kept = tmp_path / "quick", tmp_path / "kept"          # bulky files, and the results to commit
-    ab.main(["--out", str(out), "--results", str(kept), "--quick"])
+    ab.main(["--out", str(out), "--results", str(kept), "--quick", "--threads", "2"])
     assert not (out / "results").exists() and (kept / "settings.json").exists()
     md = (out / "ablations.md").read_text()
     for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
