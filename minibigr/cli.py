@@ -224,6 +224,10 @@ def cmd_paint(args):
     pipe = load_pipeline(args)
     label = _check_label(args.label, pipe)
     x, mask = _read_image(args.image, pipe), _read_image(args.mask, pipe, mask=True)
+    keeps = args.command == "outpaint"                       # outpaint's white keeps; the others' regenerates
+    if (mask.all() if keeps else not mask.any()):
+        raise ValueError(f"the mask {args.mask} leaves nothing to regenerate: it is all "
+                         f"{'white' if keeps else 'black'} (white = {'keep' if keeps else 'regenerate'})")
     app = {"inpaint": apps.inpaint, "outpaint": apps.outpaint, "edit": apps.edit}[args.command]
     out = app(pipe, x, mask, label, generator=_generator(args), mask_from_pixels=args.mask_from_pixels,
               draw=args.draw, **sampling_overrides(args))
@@ -321,7 +325,7 @@ def _first(dataset, n: int):
     """The first n items of a dataset, keeping its fast get_batch."""
     if not isinstance(dataset, ArrayDataset):
         raise ValueError("--limit needs an in-memory dataset")
-    return ArrayDataset(dataset.images_uint8[:n], dataset.labels[:n], dataset.classes, dataset.source)
+    return dataset.first(n)
 
 
 def _config_overrides(cls, items: list[str] | None) -> dict:

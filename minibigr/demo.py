@@ -25,6 +25,7 @@ from .train import train_pipeline
 
 INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 FAST_STEPS = (300, 600)          # --train --fast: tokenizer and BiGR steps (the recipe: 4000 and 5000)
+FAST_IMAGES = 10_000             # --train --fast: the first train images (600 x 64 is four passes over them)
 
 
 def steps_bar(desc: str, steps: int) -> tqdm:
@@ -44,7 +45,7 @@ def run_demo(out_dir="minibigr-demo", train: bool = False, device: str = "cpu", 
     if train:
         tokenizer, bigr = ({"steps": steps} for steps in FAST_STEPS) if fast else ({}, {})
         pipe = train_pipeline("fashion-mnist", out / "train", data_dir=data_dir, device=device,
-                              tokenizer_overrides=tokenizer, bigr_overrides=bigr)
+                              tokenizer_overrides=tokenizer, bigr_overrides=bigr, limit=FAST_IMAGES if fast else None)
         summary["trained_in_s"] = round(time.time() - t0, 1)
         summary["weights"] = str(out / "train")
     else:

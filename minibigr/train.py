@@ -584,14 +584,18 @@ def _seeded(seed: int, device: torch.device) -> torch.Generator:
 # The whole recipe: tokenizer -> code cache -> BiGR
 # ----------------------------------------------------------------------------------------------
 def train_pipeline(dataset: str, out_dir, data_dir=None, device: str = "auto",
-                   tokenizer_overrides: dict | None = None, bigr_overrides: dict | None = None) -> BiGRPipeline:
+                   tokenizer_overrides: dict | None = None, bigr_overrides: dict | None = None,
+                   limit: int | None = None) -> BiGRPipeline:
     """Train a tokenizer, cache the codes, train BiGR; every stage resumes where it stopped.
 
     Layout: ``<out>/tokenizer/``, ``<out>/codes/``, ``<out>/bigr/`` (a pipeline directory: its ``model/`` and
-    a copy of the tokenizer). Returns the pipeline of EMA weights, in eval mode.
+    a copy of the tokenizer). ``limit``: the first ``limit`` train images only (an in-memory dataset). Returns the
+    pipeline of EMA weights, in eval mode.
     """
     recipe, out = _recipe(dataset), Path(out_dir)
     images = load_dataset(dataset, "train", data_dir=data_dir)
+    if limit is not None:
+        images = images.first(limit)
     saved = out / "tokenizer" / "model"      # a started run continues with the config it began with
     tok_cfg = (TokenizerConfig.from_dict(read_config(saved)) if (saved / CONFIG_NAME).exists()
                else TokenizerConfig.preset(recipe["tokenizer"]))

@@ -368,6 +368,7 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
 
 
 # -- the whole pipeline on tiny numbers -------------------------------------------------------
+@pytest.mark.slow              # about 95 s on a 2-core CPU: outside the default run's 15 minutes (pytest -m slow)
 @pytest.mark.fashion_mnist
 def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     out, kept = tmp_path / "quick", tmp_path / "kept"          # bulky files, and the results to commit

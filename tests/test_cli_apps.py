@@ -140,6 +140,12 @@ def test_bad_inputs_are_one_line_errors(models, files, tmp_path, capsys):
     assert "out of range" in one_line_error(capsys)
     assert main(["probe", "--pool", "mean,3x3", *models]) == 2
     assert "does not split" in one_line_error(capsys)
+    black, white = tmp_path / "black.png", tmp_path / "white.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(black)
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(white)
+    for command, mask in (("inpaint", black), ("edit", black), ("outpaint", white)):
+        assert main([command, "--image", str(files / "in.png"), "--mask", str(mask), *base[2:]]) == 2
+        assert "leaves nothing to regenerate" in one_line_error(capsys)
     assert not (tmp_path / "x.png").exists()
 
 

@@ -53,6 +53,10 @@ class ArrayDataset(Dataset):
         image = torch.from_numpy(self.images_uint8[index]).float().div_(255)
         return image, int(self.labels[index])
 
+    def first(self, n: int) -> ArrayDataset:
+        """The first n images and labels (views of these arrays, no copy)."""
+        return ArrayDataset(self.images_uint8[:n], self.labels[:n], self.classes, self.source)
+
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """indices (B,) -> images (B, C, H, W) float32 in [0, 1], labels (B,) int64."""
         indices = np.asarray(indices, dtype=np.int64)
