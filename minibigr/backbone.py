@@ -159,8 +159,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(dim, norm_eps)
         self.ffn_norm = RMSNorm(dim, norm_eps)
         self.drop_path = DropPath(drop_path)
-        # per-block offset added to the shared adaLN output; (1, 1, 6, d) as in the official weights
-        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim ** 0.5) if use_adaLN else None
+        # per-block offset added to the shared adaLN output; (1, 1, 6, d) as in the official weights.
+        # Divided in place: out of place, the op on the meta device (from_pretrained) imports torch._dynamo, 2 s
+        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim).div_(dim ** 0.5)) if use_adaLN else None
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor | None, rope: torch.Tensor,
                 rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ import zipfile
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -32,6 +33,24 @@ def atomic_write(path: str, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skips ``torch.nn.init`` on meta tensors: there are no values to fill, and torch's meta ``normal_``
+    imports torch._dynamo, about 2 s of every model load."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")         # nn.init passes it by keyword
+        if getattr(func, "__module__", None) == "torch.nn.init" and tensor is not None and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
+def build_empty(cls, config) -> nn.Module:
+    """cls(config) on the meta device, no initialisation run: a shell for ``load_strict(..., assign=True)``."""
+    with torch.device("meta"), _SkipInit():
+        return cls(config)
 
 
 def save_checkpoint(model: nn.Module, config: dict, directory: str | os.PathLike) -> None:
@@ -120,8 +139,7 @@ class Checkpointed:
         an error. The module is built on the meta device and takes the file's tensors, so no weight is
         allocated twice and no random initialisation runs."""
         config, state = load_checkpoint(directory)
-        with torch.device("meta"):
-            model = cls(cls.config_class.from_dict(config))
+        model = build_empty(cls, cls.config_class.from_dict(config))
         load_strict(model, state, os.path.join(os.fspath(directory), WEIGHTS_NAME), assign=True)
         return model.to(device).eval()
 

@@ -24,7 +24,7 @@ import torch
 
 from .authors import settings as authors_settings
 from .backbone import ffn_hidden_dim
-from .checkpoint import load_strict, read_state_dict
+from .checkpoint import build_empty, load_strict, read_state_dict
 from .config import PRESETS, BiGRConfig
 from .model import BiGR
 from .sampler import SamplingConfig
@@ -239,8 +239,7 @@ def load_bae(state_dict_or_path, image_size: int | None = None, dtype: torch.dty
 
 def _build(cls, config, state: dict, source, dtype: torch.dtype | None):
     """cls(config) built on the meta device, holding the state's tensors (cast to ``dtype``), in eval mode."""
-    with torch.device("meta"):
-        model = cls(config)
+    model = build_empty(cls, config)
     if dtype is not None:
         model.to(dtype)
     where = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"

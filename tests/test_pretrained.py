@@ -1,6 +1,8 @@
 """The shipped Fashion-MNIST model and `minibigr demo`."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,6 +25,14 @@ def fashion_test():
         return load_dataset("fashion-mnist", "test", download=False)
     except DatasetNotFound as e:
         pytest.skip(f"Fashion-MNIST is not installed here ({e})")
+
+
+def test_loading_and_sampling_never_import_torch_dynamo():
+    # torch's meta-device kernels for some ops import torch._dynamo: 2 s of every load, and of the app's start
+    code = ("import sys, torch, minibigr; pipe = minibigr.pretrained('fashion-mnist'); "
+            "pipe(['bag'], generator=torch.Generator().manual_seed(0)); print('torch._dynamo' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False"]
 
 
 def test_shipped_pair_fits_together(shipped):
