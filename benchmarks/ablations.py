@@ -20,6 +20,10 @@ Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter tra
   guidance   CFG scale for the random order and for the FD-best certainty order of (a) at its FD-best temperature:
              FD, precision and recall against CFG (the paper's CFG figure)
   time       FD against seconds per image over sampling iterations I x diffusion steps S (the paper's Figure 3)
+  codes      training codes: a tiny-32 BiGR trained on the threshold codes [p > 1/2] (the shipped model's) against
+             one trained on fresh Bernoulli draws of a random horizontal flip (the authors' train_ddp.py), at equal
+             budget: the same initialisation, batches and steps (codes_steps), the lr decayed to zero by a cosine;
+             FD and the linear probe of each
 
 Every sampling setting is scored on --num-samples class-balanced samples for each of --seeds sampling seeds; the
 report gives the mean and the range (min to max) over seeds, and ranks two settings apart ("<") only when their
@@ -84,12 +88,14 @@ from minibigr.probe import block_features, linear_probe, pixel_features  # noqa:
 from minibigr.sampler import BLIND_ORDERS, CERTAINTY  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
 
-STAGES = ("order", "objective", "bits", "probe", "guidance", "time")
+STAGES = ("order", "objective", "bits", "probe", "guidance", "time", "codes")
 METRICS = ("fd", "class_accuracy", "precision", "recall", "cpu_seconds_per_image")
 OBJECTIVES = ("flip", "x0", "direct")
 # from-scratch models: name -> (transcoder objective, unconditional training)
 TRAINED = {"flip": ("flip", False), "x0": ("x0", False), "direct": ("direct", False), "unconditional": ("flip", True)}
 PROBED = ("shipped", "flip", "unconditional")     # the reference model; conditional vs unconditional training
+# the training-codes comparison: model name -> how it reads its codes from the cache (minibigr.codes.CodeCache)
+CODE_DRAWS = {"threshold-codes": "threshold", "bernoulli-codes": "bernoulli"}
 AUTHORS_GUMBEL = authors_settings("script/sample.sh")["gumbel"]   # the temperature the authors sample with
 # The settings every table holds fixed unless it varies one, when the reference model is the shipped one: its
 # recommended settings when the study began. Fixed here, so the stored results keep their names (which hold these
@@ -131,6 +137,10 @@ class Settings:
     # than bf16 autocast; every arm of (a) uses it, so the arms compare among themselves
     order_precision: str = "float32"
     grid_iters: tuple[int, ...] = (4, 10, 16)
+    # the training-codes comparison: steps of each training, and the precision its models are sampled in (float32,
+    # as the order study: the comparison was run on the AMD VM)
+    codes_steps: int = 6_000
+    codes_precision: str = "float32"
     grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
     probe_test: int = 5_000
@@ -140,11 +150,12 @@ class Settings:
 
 
 # the settings that list sampling settings to score: every point is a result of its own name
-GRIDS = ("guidance_cfgs", "order_gumbels", "order_precision", "grid_iters", "grid_steps")
+GRIDS = ("guidance_cfgs", "order_gumbels", "order_precision", "grid_iters", "grid_steps", "codes_precision")
 # float32: bf16 autocast runs 6x slower on CPUs without native bf16 (the quick run is a test of the plumbing)
 QUICK = dict(num_samples=10, seeds=2, precision="float32", max_steps=6, eval_every=2, patience=1, heldout=32,
              batch_size=16, warmup=0, num_iter=4, diffusion_steps=10, guidance_cfgs=(1.0, 3.0),
-             order_gumbels=(0.0, 1.0), grid_iters=(2, 4), grid_steps=(5, 10), probe_train=300, probe_test=200,
+             order_gumbels=(0.0, 1.0), grid_iters=(2, 4), grid_steps=(5, 10), codes_steps=6, probe_train=300,
+             probe_test=200,
              train_images=1000, classifier_images=1000, sample_batch=10)
 
 
@@ -370,6 +381,31 @@ class Lab:
 
         return self.stage(f"train-{name}", run, makes=directory / "best" if checkpoint else None)
 
+    def train_codes(self, name: str, checkpoint: bool = False) -> dict:
+        """Train the tiny-32 model ``name`` (see CODE_DRAWS) for exactly codes_steps steps on its kind of training
+        codes, the lr decayed to zero by a cosine, unless done (and, with ``checkpoint``, its final EMA model is in
+        <train>/<name>/best); its record. Both models start from the same initialisation and see the same batches
+        (the seed's); a stopped training resumes from its checkpoint."""
+        directory = self.train_dir(name)
+        s = self.s
+
+        def run():
+            codes = self.codes("train")
+            n_train = len(codes) - s.heldout
+            with seeded_init(s.seed):                     # the same initialisation for both kinds of codes
+                model = BiGR(BiGRConfig.preset("tiny-32", objective="flip", K=codes.K, num_tokens=codes.h * codes.w))
+            settings = bigr_settings("fashion-mnist", str(directory), steps=s.codes_steps, batch_size=s.batch_size,
+                                     lr=s.lr, lr_schedule="cosine", final_lr=0.0, warmup=s.warmup, ema=s.ema,
+                                     seed=s.seed, codes_draw=CODE_DRAWS[name], device=self.device,
+                                     log_every=max(1, min(50, s.eval_every)), ckpt_every=s.eval_every)
+            ema = train_bigr(model, Rows(codes, 0, n_train), settings)
+            ema.save_pretrained(directory / "best")
+            # the held-out loss reads the threshold codes for both models: one yardstick
+            return {"draw": CODE_DRAWS[name], "steps": s.codes_steps,
+                    **heldout_loss(ema, Rows(codes, n_train, len(codes)), s.seed)}
+
+        return self.stage(f"train-{name}", run, makes=directory / "best" if checkpoint else None)
+
     def train_dir(self, name: str) -> Path:
         return self.out / "train" / name
 
@@ -377,7 +413,7 @@ class Lab:
         if name == "shipped":
             return self.shipped
         if name not in self._models:
-            self.train_info(name, checkpoint=True)
+            (self.train_codes if name in CODE_DRAWS else self.train_info)(name, checkpoint=True)
             self._models[name] = BiGR.from_pretrained(self.train_dir(name) / "best", self.device)
         return self._models[name]
 
@@ -631,8 +667,26 @@ def ablate_time(lab: Lab) -> list[dict]:
                                                 for s in lab.s.grid_steps for i in lab.s.grid_iters]))
 
 
+def ablate_codes(lab: Lab) -> dict:
+    """{model: its FD over the seeds, "probe" and "train" record} for the two kinds of training codes. Computed so
+    that a run stopped early has the most telling results: both trainings, then both models with the first seed,
+    their probes, then the other seeds."""
+    precision = {"precision": lab.s.codes_precision}
+    if lab.compute:
+        for name in CODE_DRAWS:
+            lab.train_codes(name)
+        for k in range(lab.s.seeds):
+            for name in CODE_DRAWS:
+                lab.sample_quality(name, lab.s.seed + k, **precision)
+            if k == 0:
+                for name in CODE_DRAWS:
+                    lab.probe(name)
+    return complete({name: lab.optional(lambda n=name: {**lab.scored(n, **precision), "probe": lab.probe(n),
+                                                        "train": lab.train_codes(n)}) for name in CODE_DRAWS})
+
+
 ABLATIONS = {"order": ablate_order, "objective": ablate_objective, "bits": ablate_bits, "probe": ablate_probe,
-             "guidance": ablate_guidance, "time": ablate_time}
+             "guidance": ablate_guidance, "time": ablate_time, "codes": ablate_codes}
 
 
 def run_ablations(lab: Lab, only=STAGES) -> dict:

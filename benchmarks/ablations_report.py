@@ -284,6 +284,45 @@ def probe_section(res: dict, s: dict) -> list[str]:
     return lines
 
 
+# how the report names each training-codes arm
+CODE_NAMES = {"threshold-codes": "threshold [p > 1/2] (the shipped model's)",
+              "bernoulli-codes": "Bernoulli draw of a random flip (the authors' train_ddp.py)"}
+
+
+def codes_verdict(res: dict, n_test: int) -> str:
+    """Which training codes the comparison favours: by FD (apart only beyond the seeds' ranges), then by the probe
+    (apart only beyond two standard errors); 'neither' when both are within them."""
+    threshold, bernoulli = res["threshold-codes"], res["bernoulli-codes"]
+    if apart(threshold, bernoulli):
+        return "bernoulli" if bernoulli["fd"] < threshold["fd"] else "threshold"
+    gap, two_se, _ = probe_verdict(threshold["probe"], bernoulli["probe"], n_test)
+    if abs(gap) > two_se:
+        return "bernoulli" if gap > 0 else "threshold"
+    return "neither"
+
+
+def codes_section(res: dict, s: dict) -> list[str]:
+    rows = [[CODE_NAMES[name], *quality_cells(r), _pct(r["probe"]["test"]["top1"]), str(r["probe"]["layer"]),
+             _num(r["train"]["loss"], ".4f"), _num(stage_time(r["train"])[1] / 60, ".0f")] for name, r in res.items()]
+    lines = [f"## (g) Training codes: threshold vs Bernoulli draws (tiny-32 from scratch, {s['codes_steps']} steps "
+             "each)", "",
+             *table(["training codes", *QUALITY, "probe test top-1", "probe block", "held-out loss",
+                     "train CPU min"], rows), "",
+             f"Both models: the same initialisation and batches (seed {s['seed']}), batch {s['batch_size']}, AdamW lr "
+             f"{s['lr']:g} with {s['warmup']} warmup steps, then a cosine decay to zero at step {s['codes_steps']}, "
+             f"EMA {s['ema']}; the final EMA model is sampled ({s['codes_precision']}, the reference model's sampling "
+             "settings) and probed as in (d). The held-out loss reads the threshold codes of the last "
+             f"{s['heldout']} train images for both, so it favours the model trained on them. A Bernoulli draw "
+             "flips the bits the tokenizer is unsure of at every step, and the random flip doubles the images; the "
+             "model learns the codes' distribution rather than one code per image.", ""]
+    if len(res) == 2:
+        said = codes_verdict(res, s["probe_test"])
+        lines += [f"Ranking by FD: {ranking(res)}. Verdict: " + (
+            "neither kind of codes is apart from the other, by FD over the seeds or by the probe over its test "
+            "images." if said == "neither" else f"{said} codes are better here."), ""]
+    return lines
+
+
 def time_section(res: list[dict], image_prefix: str) -> list[str]:
     iters = sorted({r["sampling"]["num_iter"] for r in res})
     steps = sorted({r["sampling"]["diffusion_steps"] for r in res})
@@ -369,6 +408,8 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
         lines += time_section(summary["time"], image_prefix)
     if "guidance" in summary:
         lines += guidance_section(summary["guidance"], image_prefix)
+    if "codes" in summary:
+        lines += codes_section(summary["codes"], s)
     if any(k in summary for k in ("order", "objective", "bits", "probe")):
         lines += [f"![FD per ablation]({image_prefix}ablations_bars.png)", ""]
     return "\n".join(lines)

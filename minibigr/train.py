@@ -57,7 +57,8 @@ class TrainSettings:
     batch_size: int = 64              # global batch (split across ranks)
     lr: float = 1e-4
     warmup: int = 0
-    lr_schedule: str = "constant"     # "constant" after warmup (official) or "cosine" to lr/10
+    lr_schedule: str = "constant"     # "constant" after warmup (official) or "cosine" to final_lr * lr
+    final_lr: float = 0.1             # the cosine schedule's last lr, as a fraction of lr (0: decayed to zero)
     weight_decay: float = 0.02
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -132,12 +133,12 @@ def bigr_settings(dataset: str, out_dir: str, **overrides) -> TrainSettings:
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warmup, then constant or cosine decay to lr/10."""
+    """Linear warmup, then constant or cosine decay to final_lr * lr."""
     if s.warmup and step < s.warmup:
         return s.lr * (step + 1) / s.warmup
     if s.lr_schedule == "cosine":
         progress = (step - s.warmup) / max(1, s.steps - s.warmup)
-        return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        return s.lr * (s.final_lr + (1 - s.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
     return s.lr
 
 

@@ -270,6 +270,8 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
     evals += [fake_eval("shipped", 9.0), fake_eval("shipped", 9.05, deterministic=True)]   # the base, bfloat16
     evals += [fake_eval(o, fd, seconds=0.1 if o == "direct" else 0.8)
               for o, fd in zip(ab.OBJECTIVES, (5.0, 7.0, 6.0), strict=True)]
+    evals += [fake_eval(name, fd, precision=lab.s.codes_precision)
+              for name, fd in zip(ab.CODE_DRAWS, (6.0, 5.5), strict=True)]
     evals += [fake_eval("shipped", 2.5 + (cfg - 2) ** 2, cfg=cfg, order="entropy", gumbel=0.1, **f32)  # CFG 3: (a)
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     evals += [fake_eval("shipped", 9.0 + (cfg - 3) ** 2, cfg=cfg, order="random")   # random at CFG 3: in the orders
@@ -286,7 +288,11 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
         results[f"train-{name}"] = {"objective": objective, "unconditional": unconditional, "best_step": 1500,
                                     "stopped_at": 3500, "heldout_loss": 0.3, "heldout_bce": 0.2,
                                     "cpu_seconds": 1200.0, "history": history, "seconds": 1300.0}
-    for name, top1 in (("flip", 0.74), ("unconditional", 0.78), ("shipped", 0.8)):
+    for name, draw in ab.CODE_DRAWS.items():
+        results[f"train-{name}"] = {"draw": draw, "steps": lab.s.codes_steps, "loss": 0.3, "bce": 0.2,
+                                    "seconds": 3000.0, "stage_cpu_seconds": 3600.0}
+    for name, top1 in (("flip", 0.74), ("unconditional", 0.78), ("shipped", 0.8), ("threshold-codes", 0.75),
+                       ("bernoulli-codes", 0.76)):
         results[f"probe-{name}"] = fake_probe(top1)
     results["probe-pixels"] = {"layer": "pixels", "heldout": {"pixels": 0.83}, "test": {"top1": 0.82, "top5": 0.99}}
     for name, result in results.items():
@@ -315,8 +321,11 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     meta = ab.report_meta(lab, "python benchmarks/ablations.py --out x", 12.0)
     written = report.write_report(summary, meta, lab.out, publish=True, repo=tmp_path)
     md = (lab.out / "ablations.md").read_text()
-    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)"):
         assert header in md
+    assert ("| Bernoulli draw of a random flip (the authors' train_ddp.py) | 5.50 (5.40–5.60) | 81.0% | 0.83 | 0.27 "
+            "| 0.800 | 76.0% | 2 | 0.3000 | 60 |") in md
+    assert "Ranking by FD: bernoulli-codes < threshold-codes. Verdict: bernoulli codes are better here." in md
     assert "| entropy g=0.1 | 3.00 (2.90–3.10) | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
     assert "| 0.01 (authors') | 2.99 | 0.27 | 3.42 | 0.27 |" in md and "| 0.1 | **2.90** | 0.27 | 3.47 | 0.27 |" in md
     assert ("Ranking by FD here: entropy g=0.1 ≈ entropy g=0.01 < confidence g=0.03 ≈ confidence g=0.01 < raster ≈ "
@@ -375,14 +384,14 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     ab.main(["--out", str(out), "--results", str(kept), "--quick", "--threads", "2"])
     assert not (out / "results").exists() and (kept / "settings.json").exists()
     md = (out / "ablations.md").read_text()
-    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)"):
         assert header in md
     s = ab.Settings(**ab.QUICK)
     results = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
     evals = [n for n in results if n.startswith("eval-")]
     summary = json.loads((out / "summary.json").read_text())
     scored = [*summary["order"]["arms"].values(), *summary["bits"].values(), *summary["objective"].values(),
-              *summary["guidance"], *summary["time"]]
+              *summary["guidance"], *summary["time"], *summary["codes"].values()]
     swept = [r for results in summary["order"]["sweep"].values() for r in results]
     assert len(swept) == 2 * len(s.order_gumbels) and len(summary["guidance"]) == 2 * len(s.guidance_cfgs)
     # every stored evaluation is one seed of a reported setting, and every reported setting has all its seeds (the
@@ -399,6 +408,12 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
         assert rows == train["history"] and ab.converged(rows, s) and not ab.converged(rows[:-1], s)
         assert train["best_step"] <= train["stopped_at"] <= s.max_steps
         assert (out / "train" / name / "best" / "model.safetensors").exists()
+    for name, draw in ab.CODE_DRAWS.items():             # equal budget: the same steps, lr decayed to zero
+        train = json.loads((kept / f"train-{name}.json").read_text())
+        assert (train["draw"], train["steps"]) == (draw, s.codes_steps)
+        log = [json.loads(line) for line in (out / "train" / name / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == s.codes_steps and log[-1]["lr"] < 0.1 * s.lr      # the recipe's cosine ends at 0.1
+        assert 0 <= summary["codes"][name]["probe"]["test"]["top1"] <= 1
     cost = {name: r["cpu_seconds_per_image"] for name, r in summary["objective"].items()}
     assert cost["direct"] < cost["flip"]          # no reverse chain
     assert all(0 <= r["test"]["top1"] <= 1 for r in summary["probe"].values())
@@ -430,3 +445,16 @@ def test_the_report_says_when_the_step_cap_ended_a_training_still_improving():
         **s, "probe_test": 5000}))
     assert "Not converged: flip, x0 reached the 3000-step cap" in md
     assert "The objective claims compare flip, x0 as they stood at the 3000-step cap" in md
+
+
+def test_the_training_codes_verdict_takes_fd_first_then_the_probe():
+    def arm(fd, top1):
+        return {"fd": fd, "fd_range": [fd - 0.1, fd + 0.1], "probe": {"test": {"top1": top1}}}
+
+    n_test = 5000                                        # two standard errors of the gap: about 1.7 points at 75 %
+    assert report.codes_verdict({"threshold-codes": arm(6.0, 0.80), "bernoulli-codes": arm(5.5, 0.70)},
+                                n_test) == "bernoulli"   # FD apart: the probe is not asked
+    assert report.codes_verdict({"threshold-codes": arm(5.0, 0.75), "bernoulli-codes": arm(5.1, 0.78)},
+                                n_test) == "bernoulli"   # FD within the ranges, the probe 3 points apart
+    assert report.codes_verdict({"threshold-codes": arm(5.0, 0.75), "bernoulli-codes": arm(5.1, 0.76)},
+                                n_test) == "neither"

@@ -70,6 +70,9 @@ def test_lr_warmup_then_cosine():
     assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
     assert lr_at(100, s) == pytest.approx(0.1)
     assert all(lr_at(i, s) >= lr_at(i + 1, s) for i in range(10, 99))
+    to_zero = TrainSettings(out_dir="x", steps=100, lr=1.0, warmup=10, lr_schedule="cosine", final_lr=0.0)
+    assert lr_at(10, to_zero) == pytest.approx(1.0) and lr_at(55, to_zero) == pytest.approx(0.5)
+    assert lr_at(100, to_zero) == 0.0
 
 
 def test_code_cache_round_trip(tmp_path):
