@@ -137,8 +137,8 @@ class Settings:
     # than bf16 autocast; every arm of (a) uses it, so the arms compare among themselves
     order_precision: str = "float32"
     grid_iters: tuple[int, ...] = (4, 10, 16)
-    # the training-codes comparison: steps of each training, and the precision its models are sampled in (float32,
-    # as the order study: the comparison was run on the AMD VM)
+    # the training-codes comparison: steps of each training (about an hour of one CPU core each), and the precision
+    # its models are sampled in (float32, as the order study's)
     codes_steps: int = 6_000
     codes_precision: str = "float32"
     grid_steps: tuple[int, ...] = (10, 25, 50)

@@ -317,9 +317,13 @@ def codes_section(res: dict, s: dict) -> list[str]:
              "model learns the codes' distribution rather than one code per image.", ""]
     if len(res) == 2:
         said = codes_verdict(res, s["probe_test"])
-        lines += [f"Ranking by FD: {ranking(res)}. Verdict: " + (
-            "neither kind of codes is apart from the other, by FD over the seeds or by the probe over its test "
-            "images." if said == "neither" else f"{said} codes are better here."), ""]
+        gap, two_se, _ = probe_verdict(res["threshold-codes"]["probe"], res["bernoulli-codes"]["probe"],
+                                       s["probe_test"])
+        lines += [f"Ranking by FD: {ranking(res)}; probe, Bernoulli minus threshold test top-1: {gap:+.1f} points "
+                  f"(two standard errors ± {two_se:.1f}). Verdict: " + (
+                      "neither kind of codes is apart from the other, by FD over the seeds or by the probe over its "
+                      "test images." if said == "neither" else
+                      f"{said} codes are better here, at this budget (FD first, then the probe)."), ""]
     return lines
 
 

@@ -325,7 +325,8 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
         assert header in md
     assert ("| Bernoulli draw of a random flip (the authors' train_ddp.py) | 5.50 (5.40–5.60) | 81.0% | 0.83 | 0.27 "
             "| 0.800 | 76.0% | 2 | 0.3000 | 60 |") in md
-    assert "Ranking by FD: bernoulli-codes < threshold-codes. Verdict: bernoulli codes are better here." in md
+    assert ("Ranking by FD: bernoulli-codes < threshold-codes; probe, Bernoulli minus threshold test top-1: +1.0 "
+            "points (two standard errors ± 1.7). Verdict: bernoulli codes are better here") in md
     assert "| entropy g=0.1 | 3.00 (2.90–3.10) | 81.0% | 0.83 | 0.27 | 0.800 | 3.17 | 0.69 |" in md
     assert "| 0.01 (authors') | 2.99 | 0.27 | 3.42 | 0.27 |" in md and "| 0.1 | **2.90** | 0.27 | 3.47 | 0.27 |" in md
     assert ("Ranking by FD here: entropy g=0.1 ≈ entropy g=0.01 < confidence g=0.03 ≈ confidence g=0.01 < raster ≈ "
