@@ -137,11 +137,11 @@ class Settings:
     # than bf16 autocast; every arm of (a) uses it, so the arms compare among themselves
     order_precision: str = "float32"
     grid_iters: tuple[int, ...] = (4, 10, 16)
+    grid_steps: tuple[int, ...] = (10, 25, 50)
     # the training-codes comparison: steps of each training (about an hour of one CPU core each), and the precision
     # its models are sampled in (float32, as the order study's)
     codes_steps: int = 6_000
     codes_precision: str = "float32"
-    grid_steps: tuple[int, ...] = (10, 25, 50)
     probe_train: int = 10_000                # first images of each split for the linear probe
     probe_test: int = 5_000
     train_images: int | None = None          # first train images for the code cache and FD reference (None = all)
@@ -155,8 +155,7 @@ GRIDS = ("guidance_cfgs", "order_gumbels", "order_precision", "grid_iters", "gri
 QUICK = dict(num_samples=10, seeds=2, precision="float32", max_steps=6, eval_every=2, patience=1, heldout=32,
              batch_size=16, warmup=0, num_iter=4, diffusion_steps=10, guidance_cfgs=(1.0, 3.0),
              order_gumbels=(0.0, 1.0), grid_iters=(2, 4), grid_steps=(5, 10), codes_steps=6, probe_train=300,
-             probe_test=200,
-             train_images=1000, classifier_images=1000, sample_batch=10)
+             probe_test=200, train_images=1000, classifier_images=1000, sample_batch=10)
 
 
 def pin_settings(path: Path, s: Settings, sampling: dict, classifier: str) -> None:
