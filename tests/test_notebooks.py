@@ -10,6 +10,7 @@ and runs it with this interpreter), with notebooks/ as the working directory.
 from __future__ import annotations
 
 import ast
+import math
 import os
 from pathlib import Path
 
@@ -24,11 +25,11 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600  # on a quiet machine; the slowest cell needs about 130 s there
 
 
-def cell_timeout() -> float:
+def cell_timeout() -> int:
     """CELL_TIMEOUT_S scaled by the load per core (the 1-minute load average): a machine shared by other jobs
-    runs every cell slower by about that factor."""
+    runs every cell slower by about that factor. Whole seconds: nbclient's timeout is an int trait."""
     load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 1.0
-    return CELL_TIMEOUT_S * max(1.0, load)
+    return math.ceil(CELL_TIMEOUT_S * max(1.0, load))
 KERNEL_START_TIMEOUT_S = 180  # a loaded machine can take a while to start a kernel
 MAX_BYTES = 2_000_000  # figures must render on GitHub; keep outputs small (low dpi, few images)
 
