@@ -347,25 +347,15 @@ class Lab:
         s = self.s
 
         def run():
-            codes = self.codes("train")
-            n_train = len(codes) - s.heldout
-            with seeded_init(s.seed):                     # the same initialisation for every objective
-                model = BiGR(BiGRConfig.preset("tiny-32", objective=objective, K=codes.K,
-                                               num_tokens=codes.h * codes.w))
-            data = Rows(codes, 0, n_train)
-            heldout = Rows(codes, n_train, len(codes))
+            model, data, heldout = self.fresh_model(objective)
             if unconditional:
                 data, heldout = NullLabels(data, model.null_class), NullLabels(heldout, model.null_class)
             history_path = directory / "heldout.jsonl"
             history = read_log(history_path) if history_path.exists() else []
             while not converged(history, s):
                 step = (history[-1]["step"] if history else 0) + s.eval_every
-                settings = bigr_settings("fashion-mnist", str(directory), steps=step, batch_size=s.batch_size,
-                                         lr=s.lr, lr_schedule="constant", warmup=s.warmup, ema=s.ema, seed=s.seed,
-                                         device=self.device, log_every=max(1, min(50, s.eval_every)),
-                                         ckpt_every=s.eval_every)
                 wall, cpu = time.perf_counter(), time.process_time()
-                ema = train_bigr(model, data, settings)
+                ema = train_bigr(model, data, self.train_settings(directory, steps=step, lr_schedule="constant"))
                 row = {"step": step, **heldout_loss(ema, heldout, s.seed), "cpu_seconds": time.process_time() - cpu,
                        "seconds": time.perf_counter() - wall}
                 history.append(row)
@@ -389,21 +379,32 @@ class Lab:
         s = self.s
 
         def run():
-            codes = self.codes("train")
-            n_train = len(codes) - s.heldout
-            with seeded_init(s.seed):                     # the same initialisation for both kinds of codes
-                model = BiGR(BiGRConfig.preset("tiny-32", objective="flip", K=codes.K, num_tokens=codes.h * codes.w))
-            settings = bigr_settings("fashion-mnist", str(directory), steps=s.codes_steps, batch_size=s.batch_size,
-                                     lr=s.lr, lr_schedule="cosine", final_lr=0.0, warmup=s.warmup, ema=s.ema,
-                                     seed=s.seed, codes_draw=CODE_DRAWS[name], device=self.device,
-                                     log_every=max(1, min(50, s.eval_every)), ckpt_every=s.eval_every)
-            ema = train_bigr(model, Rows(codes, 0, n_train), settings)
+            model, data, heldout = self.fresh_model("flip")
+            ema = train_bigr(model, data, self.train_settings(directory, steps=s.codes_steps, lr_schedule="cosine",
+                                                              final_lr=0.0, codes_draw=CODE_DRAWS[name]))
             ema.save_pretrained(directory / "best")
             # the held-out loss reads the threshold codes for both models: one yardstick
-            return {"draw": CODE_DRAWS[name], "steps": s.codes_steps,
-                    **heldout_loss(ema, Rows(codes, n_train, len(codes)), s.seed)}
+            return {"draw": CODE_DRAWS[name], "steps": s.codes_steps, **heldout_loss(ema, heldout, s.seed)}
 
         return self.stage(f"train-{name}", run, makes=directory / "best" if checkpoint else None)
+
+    def fresh_model(self, objective: str) -> tuple[BiGR, Rows, Rows]:
+        """A tiny-32 BiGR with ``objective`` at the seed's initialisation, and the train codes split into the rows
+        it trains on and the held-out rows. Every model trained here starts from the same weights, so the
+        comparisons differ only in what is compared."""
+        codes = self.codes("train")
+        n_train = len(codes) - self.s.heldout
+        with seeded_init(self.s.seed):
+            model = BiGR(BiGRConfig.preset("tiny-32", objective=objective, K=codes.K, num_tokens=codes.h * codes.w))
+        return model, Rows(codes, 0, n_train), Rows(codes, n_train, len(codes))
+
+    def train_settings(self, directory: Path, **overrides):
+        """The Fashion-MNIST training recipe with this study's batch, lr, warm-up, EMA, seed and checkpoint
+        rhythm, plus ``overrides`` (steps, lr schedule, ...)."""
+        s = self.s
+        return bigr_settings("fashion-mnist", str(directory), batch_size=s.batch_size, lr=s.lr, warmup=s.warmup,
+                             ema=s.ema, seed=s.seed, device=self.device, log_every=max(1, min(50, s.eval_every)),
+                             ckpt_every=s.eval_every, **overrides)
 
     def train_dir(self, name: str) -> Path:
         return self.out / "train" / name
@@ -671,15 +672,17 @@ def ablate_codes(lab: Lab) -> dict:
     that a run stopped early has the most telling results: both trainings, then both models with the first seed,
     their probes, then the other seeds."""
     precision = {"precision": lab.s.codes_precision}
+    first, *others = [lab.s.seed + k for k in range(lab.s.seeds)]
     if lab.compute:
         for name in CODE_DRAWS:
             lab.train_codes(name)
-        for k in range(lab.s.seeds):
+        for name in CODE_DRAWS:
+            lab.sample_quality(name, first, **precision)
+        for name in CODE_DRAWS:
+            lab.probe(name)
+        for seed in others:
             for name in CODE_DRAWS:
-                lab.sample_quality(name, lab.s.seed + k, **precision)
-            if k == 0:
-                for name in CODE_DRAWS:
-                    lab.probe(name)
+                lab.sample_quality(name, seed, **precision)
     return complete({name: lab.optional(lambda n=name: {**lab.scored(n, **precision), "probe": lab.probe(n),
                                                         "train": lab.train_codes(n)}) for name in CODE_DRAWS})
 
