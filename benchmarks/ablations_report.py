@@ -343,9 +343,11 @@ def fd_best(res: list[dict]) -> dict:
 
 
 def order_label(r: dict) -> str:
-    """A guidance point's order, with its Gumbel temperature where the order reads it."""
+    """A guidance point's order, with its Gumbel temperature where the order reads it and its precision where it is
+    not the study's bfloat16 (the order study samples in float32)."""
     sampling = r["sampling"]
-    return sampling["order"] if sampling["order"] == "random" else f"{sampling['order']} g={sampling['gumbel']:g}"
+    label = sampling["order"] if sampling["order"] == "random" else f"{sampling['order']} g={sampling['gumbel']:g}"
+    return label if sampling.get("precision", "bfloat16") == "bfloat16" else f"{label}, {sampling['precision']}"
 
 
 def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
@@ -354,8 +356,13 @@ def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
              *quality_cells(r)] for r in sorted(res, key=lambda r: (order_label(r), r["sampling"]["cfg"]))]
     tied = [r for r in res if r is not best and not apart(r, best)]
     ref = best["reference"]
+    cfgs: dict[str, list[str]] = {}
+    for r in sorted(res, key=lambda r: r["sampling"]["cfg"]):
+        cfgs.setdefault(order_label(r), []).append(f"{r['sampling']['cfg']:g}")
+    scored = "; ".join(f"{label} at CFG {', '.join(values)}" for label, values in cfgs.items())
     return ["## (f) Guidance: CFG scale (reference model; the paper's CFG figure)", "",
-            "The random order, and the FD-best certainty-ordered arm of (a) at its temperature, at each CFG scale.", "",
+            "The random order, and the FD-best certainty-ordered arm of (a) at its temperature, at each CFG scale "
+            f"scored so far: {scored}.", "",
             *table(["CFG", "order", *QUALITY], rows), "",
             f"FD-best: CFG {best['sampling']['cfg']:g}, {order_label(best)} (FD "
             f"{_spread(best)}); {len(tied)} other point(s) within its seeds' ranges. Real test images against the "

@@ -339,7 +339,9 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert "| final bits: Bernoulli ≈ deterministic (3.17 vs 3.19) | 9.00 vs 9.05 | holds (within" in md
     assert "+4.0 points, two standard errors ± 1.7 (paper: +0.8): holds." in md      # 5000 test images
     assert "| unconditional training probes no worse (+0.8 points) | +4.0 points (± 1.7) | holds |" in md
-    assert "FD-best: CFG 2, entropy g=0.1" in md and "| **2** | entropy g=0.1 | 2.50 (2.40–2.60) |" in md
+    assert "FD-best: CFG 2, entropy g=0.1, float32" in md
+    assert "| **2** | entropy g=0.1, float32 | 2.50 (2.40–2.60) |" in md
+    assert "scored so far: random at CFG 1, 1.5, 2, 3, 4; entropy g=0.1, float32 at CFG 1, 1.5, 2, 3, 4." in md
     assert "| 1 | random | 13.00 (12.90–13.10) |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
@@ -365,6 +367,9 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
     raster = ab.eval_name("shipped", fake_eval("shipped", 0, order="raster", precision="float32")["sampling"])
     (lab.results / f"{raster}-seed1.json").unlink()                  # one seed short
     (lab.results / "train-x0.json").unlink()
+    entropy_cfg2 = ab.eval_name("shipped", fake_eval("shipped", 0, order="entropy", gumbel=0.1, cfg=2.0,
+                                                     precision="float32")["sampling"])
+    (lab.results / f"{entropy_cfg2}-seed2.json").unlink()            # a certainty guidance point one seed short
     for probe in lab.results.glob("probe-*.json"):
         probe.unlink()
     summary = ab.run_ablations(lab, only=())
@@ -373,6 +378,7 @@ def test_settings_with_missing_results_are_left_out_and_named_in_the_report(tmp_
     written = report.write_report(summary, ab.report_meta(lab, "cmd", 1.0), tmp_path)
     md = (tmp_path / "ablations.md").read_text()
     assert "## (d)" not in md and "| raster |" not in md and "| x0 |" not in md
+    assert "scored so far: random at CFG 1, 1.5, 2, 3, 4; entropy g=0.1, float32 at CFG 1, 1.5, 3, 4." in md
     assert f"`{raster}`" in md and "`train-x0`" in md and "`probe-flip`" in md and "`probe-pixels`" in md
     assert tmp_path / "ablations_bars.png" in written
 
