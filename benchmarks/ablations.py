@@ -20,6 +20,10 @@ Ablations (the paper's numbers are BiGR-L on ImageNet 256x256 with a shorter tra
   guidance   CFG scale for the random order and for the FD-best certainty order of (a) at its FD-best temperature:
              FD, precision and recall against CFG (the paper's CFG figure)
   time       FD against seconds per image over sampling iterations I x diffusion steps S (the paper's Figure 3)
+  defaults   the shipped model's recommended settings chosen by one rule, the fastest setting whose FD mean lies
+             within the FD-best one's seed range: the order (with its temperature) among the arms of (a), I and S
+             in the grid of (e); the two choices together then scored with every seed in the order study's
+             precision, beside (a)'s FD-best arm
   codes      training codes: a tiny-32 BiGR trained on the threshold codes [p > 1/2] (the shipped model's) against
              one trained on fresh Bernoulli draws of a random horizontal flip (the authors' train_ddp.py), at equal
              budget: the same initialisation, batches and steps (codes_steps), the lr decayed to zero by a cosine;
@@ -88,7 +92,7 @@ from minibigr.probe import block_features, linear_probe, pixel_features  # noqa:
 from minibigr.sampler import BLIND_ORDERS, CERTAINTY  # noqa: E402
 from minibigr.train import bigr_settings, read_log, seeded_init, train_bigr  # noqa: E402
 
-STAGES = ("order", "objective", "bits", "probe", "guidance", "time", "codes")
+STAGES = ("order", "objective", "bits", "probe", "guidance", "time", "codes", "defaults")
 METRICS = ("fd", "class_accuracy", "precision", "recall", "cpu_seconds_per_image")
 OBJECTIVES = ("flip", "x0", "direct")
 # from-scratch models: name -> (transcoder objective, unconditional training)
@@ -687,8 +691,36 @@ def ablate_codes(lab: Lab) -> dict:
                                                         "train": lab.train_codes(n)}) for name in CODE_DRAWS})
 
 
+def fastest_within_range(results: dict) -> list:
+    """The keys of the results whose FD mean lies within the FD-best one's seed range (min to max), fastest (CPU s /
+    image) first: the rule that chooses the shipped model's recommended settings."""
+    top = max(min(results.values(), key=lambda r: r["fd"])["fd_range"])
+    return sorted((k for k, r in results.items() if r["fd"] <= top), key=lambda k: results[k]["cpu_seconds_per_image"])
+
+
+def ablate_defaults(lab: Lab) -> dict:
+    """{"order": (a)'s arms that the rule keeps, fastest first, "steps": (e)'s [I, S] cells likewise, "chosen": the
+    first of each together, "scored": those settings with every seed, "best_arm": (a)'s FD-best arm}. Reads (a) and
+    (e) (MissingResult until every arm of (a) is scored); computes only the chosen settings."""
+    computing, lab.compute = lab.compute, False
+    try:
+        order, steps = ablate_order(lab), ablate_time(lab)
+    finally:
+        lab.compute = computing
+    arms = order_arms(order["best"], lab.shipped.config.num_tokens, lab.s.order_precision)
+    if set(order["arms"]) != set(arms):
+        raise MissingResult("every arm of the order study (a)")
+    by_order = fastest_within_range(order["arms"])
+    by_steps = fastest_within_range({(r["sampling"]["num_iter"], r["sampling"]["diffusion_steps"]): r for r in steps})
+    num_iter, diffusion_steps = by_steps[0]
+    chosen = {"num_iter": num_iter, "diffusion_steps": diffusion_steps, **arms[by_order[0]]}   # raster-1 keeps I = N
+    return {"order": by_order, "steps": [list(cell) for cell in by_steps], "chosen": chosen,
+            "scored": complete(lab.scored_each("shipped", [chosen]))[0],
+            "best_arm": min(order["arms"], key=lambda name: order["arms"][name]["fd"])}
+
+
 ABLATIONS = {"order": ablate_order, "objective": ablate_objective, "bits": ablate_bits, "probe": ablate_probe,
-             "guidance": ablate_guidance, "time": ablate_time, "codes": ablate_codes}
+             "guidance": ablate_guidance, "time": ablate_time, "codes": ablate_codes, "defaults": ablate_defaults}
 
 
 def run_ablations(lab: Lab, only=STAGES) -> dict:

@@ -371,6 +371,31 @@ def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
             f"![FD, precision and recall against CFG]({image_prefix}ablations_guidance.png)", ""]
 
 
+def sampling_label(sampling: dict) -> str:
+    """An order study setting with its I and S: "random, I = 10, S = 10"."""
+    order = order_label({"sampling": {**sampling, "precision": "bfloat16"}})
+    return f"{order}, I = {sampling['num_iter']}, S = {sampling['diffusion_steps']}"
+
+
+def defaults_section(res: dict, arms: dict) -> list[str]:
+    """(h): the rule's choice of the shipped model's recommended settings, and whether it holds with every seed."""
+    chosen, best = res["scored"], arms[res["best_arm"]]
+    holds = chosen["fd"] <= max(best["fd_range"])
+    cells = "; ".join(f"I = {i}, S = {s}" for i, s in res["steps"])
+    verdict = ("within that range: these are the rule's recommended settings" if holds else
+               "outside that range: the rule's choice does not hold here, so the next candidate is to be scored")
+    return ["## (h) The shipped model's recommended settings", "",
+            "One rule: among the settings whose FD mean lies within the FD-best one's seed range, the fastest (CPU s "
+            f"/ image). Orders, (a): within the range of {res['best_arm']}: {', '.join(res['order'])} (fastest first). "
+            f"Iterations and diffusion steps, (e): {cells}. Both choices together, at the study's CFG "
+            f"{chosen['sampling']['cfg']:g} and in the order study's precision ({res['chosen']['precision']}), scored "
+            "with every seed:", "",
+            *table(["settings", *QUALITY], [[sampling_label(res["chosen"]), *quality_cells(chosen)],
+                                           [f"{res['best_arm']} (FD-best of (a))", *quality_cells(best)]]), "",
+            f"{sampling_label(res['chosen'])}: FD {chosen['fd']:.2f} against {res['best_arm']}'s range "
+            f"{best['fd_range'][0]:.2f}–{best['fd_range'][1]:.2f}, {verdict}.", ""]
+
+
 def untimed_note(names: list[str]) -> str:
     whose = "its" if len(names) == 1 else "their"
     return (f"; the wall-clock of {', '.join(names)}: {whose} last invocation only, as rounds were not timed yet"
@@ -421,6 +446,8 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
         lines += guidance_section(summary["guidance"], image_prefix)
     if "codes" in summary:
         lines += codes_section(summary["codes"], s)
+    if "defaults" in summary:
+        lines += defaults_section(summary["defaults"], summary["order"]["arms"])
     if any(k in summary for k in ("order", "objective", "bits", "probe")):
         lines += [f"![FD per ablation]({image_prefix}ablations_bars.png)", ""]
     return "\n".join(lines)

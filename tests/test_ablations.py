@@ -235,6 +235,13 @@ def test_a_probe_shortfall_is_called_only_beyond_two_standard_errors_of_the_test
     assert report.probe_verdict(probe(0.80), probe(0.80), n_test=5000)[2] == "holds"      # "no worse"
 
 
+def test_the_rule_keeps_the_settings_within_the_best_ones_seed_range_fastest_first():
+    results = {"best": {"fd": 1.0, "fd_range": [0.9, 1.2], "cpu_seconds_per_image": 3.0},
+               "close": {"fd": 1.2, "fd_range": [1.1, 1.3], "cpu_seconds_per_image": 1.0},
+               "far": {"fd": 1.21, "fd_range": [1.0, 1.4], "cpu_seconds_per_image": 0.5}}
+    assert ab.fastest_within_range(results) == ["close", "best"]
+
+
 def test_unknown_stage_is_refused(capsys):
     with pytest.raises(SystemExit):
         ab.parse_args(["--out", "x", "--only", "order,speed"])
@@ -276,9 +283,11 @@ def store_fake_results(lab: ab.Lab, with_time: bool = True) -> None:
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
     evals += [fake_eval("shipped", 9.0 + (cfg - 3) ** 2, cfg=cfg, order="random")   # random at CFG 3: in the orders
               for cfg in lab.s.guidance_cfgs if cfg != 3.0]
-    if with_time:
-        evals += [fake_eval("shipped", 10.0 / i + 5.0 / s, num_iter=i, diffusion_steps=s, seconds=i * s / 500)
+    if with_time:     # every I >= 10 scores alike, so (h) takes the fastest of them: I = 10, S = 10
+        evals += [fake_eval("shipped", 1.0 if i >= 10 else 2.0, num_iter=i, diffusion_steps=s, seconds=i * s / 500)
                   for i in lab.s.grid_iters for s in lab.s.grid_steps if (i, s) != (10, 50)]
+        # (h): entropy g=0.01 is as good as (a)'s best arm and first among the equally fast, at (e)'s I and S
+        evals += [fake_eval("shipped", 3.05, order="entropy", gumbel=0.01, num_iter=10, diffusion_steps=10, **f32)]
     results = {}
     for r in evals:
         for k, delta in enumerate((-0.1, 0.0, 0.1)):
@@ -321,7 +330,7 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     meta = ab.report_meta(lab, "python benchmarks/ablations.py --out x", 12.0)
     written = report.write_report(summary, meta, lab.out, publish=True, repo=tmp_path)
     md = (lab.out / "ablations.md").read_text()
-    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)", "## (h)"):
         assert header in md
     assert ("| Bernoulli draw of a random flip (the authors' train_ddp.py) | 5.50 (5.40–5.60) | 81.0% | 0.83 | 0.27 "
             "| 0.800 | 76.0% | 2 | 0.3000 | 60 |") in md
@@ -344,6 +353,10 @@ def test_the_report_is_written_from_stored_results_without_computing(tmp_path):
     assert "scored so far: random at CFG 1, 1.5, 2, 3, 4; entropy g=0.1, float32 at CFG 1, 1.5, 2, 3, 4." in md
     assert "| 1 | random | 13.00 (12.90–13.10) |" in md
     assert "| I = 4 | " in md and "![FD vs seconds per image](ablations_time.png)" in md
+    assert summary["defaults"]["order"] == ["entropy g=0.01", "entropy g=0.1"]       # raster's 4.0 is out of range
+    assert summary["defaults"]["steps"][0] == [10, 10] and [4, 10] not in summary["defaults"]["steps"]
+    assert "| entropy g=0.01, I = 10, S = 10 | 3.05 (2.95–3.15) |" in md
+    assert "FD 3.05 against entropy g=0.1's range 2.90–3.10, within that range" in md
     published = (tmp_path / "benchmarks" / "ablations.md").read_text()
     assert "](../docs/ablations_time.png)" in published and "](../docs/ablations_guidance.png)" in published
     assert "| 1500 | 3500 | yes |" in md and "Not converged" not in md     # stopped by the rule, not the cap
@@ -391,14 +404,15 @@ def test_quick_run_writes_every_table_and_a_rerun_recomputes_nothing(tmp_path):
     ab.main(["--out", str(out), "--results", str(kept), "--quick", "--threads", "2"])
     assert not (out / "results").exists() and (kept / "settings.json").exists()
     md = (out / "ablations.md").read_text()
-    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)"):
+    for header in ("## Which", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## (f)", "## (g)", "## (h)"):
         assert header in md
     s = ab.Settings(**ab.QUICK)
     results = {p.name: p.stat().st_mtime_ns for p in kept.glob("*.json")}
     evals = [n for n in results if n.startswith("eval-")]
     summary = json.loads((out / "summary.json").read_text())
     scored = [*summary["order"]["arms"].values(), *summary["bits"].values(), *summary["objective"].values(),
-              *summary["guidance"], *summary["time"], *summary["codes"].values()]
+              *summary["guidance"], *summary["time"], *summary["codes"].values(), summary["defaults"]["scored"]]
+    assert summary["defaults"]["chosen"]["precision"] == s.order_precision
     swept = [r for results in summary["order"]["sweep"].values() for r in results]
     assert len(swept) == 2 * len(s.order_gumbels) and len(summary["guidance"]) == 2 * len(s.guidance_cfgs)
     # every stored evaluation is one seed of a reported setting, and every reported setting has all its seeds (the
