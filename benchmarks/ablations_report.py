@@ -413,8 +413,9 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     lines = ["# Ablations on Fashion-MNIST (docs/method.md §8)", "",
              f"`{meta['command']}`: every sampling setting scored on {s['num_samples']} class-balanced samples for "
              f"each of {s['seeds']} sampling seeds ({s['seed']}, {s['seed'] + 1}, ...), {s['precision']} sampling; "
-             f"reference model: {s['model'] or 'the shipped one'}, sampled with its settings "
-             f"({meta['sampling_line']}) unless a table varies one; from-scratch models: tiny-32 at batch "
+             f"reference model: {s['model'] or 'the shipped one'}, sampled with the study's base settings "
+             f"({meta['sampling_line']}; its recommended ones when the study began, now chosen by (h)) unless a table "
+             "varies one; from-scratch models: tiny-32 at batch "
              f"{s['batch_size']}, AdamW lr {s['lr']:g} (warmup {s['warmup']}, then constant), EMA {s['ema']}, seed "
              f"{s['seed']}, on the shipped tokenizer's codes less the last {s['heldout']} train images, which give "
              f"the held-out loss every {s['eval_every']} steps (stop after {s['patience']} evaluations without a new "
