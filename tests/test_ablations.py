@@ -479,3 +479,20 @@ def test_the_training_codes_verdict_takes_fd_first_then_the_probe():
                                 n_test) == "bernoulli"   # FD within the ranges, the probe 3 points apart
     assert report.codes_verdict({"threshold-codes": arm(5.0, 0.75), "bernoulli-codes": arm(5.1, 0.76)},
                                 n_test) == "neither"
+
+
+# -- the committed study and what the project says of it ----------------------------------------
+def test_the_shipped_model_samples_with_the_settings_the_committed_study_chose(tmp_path):
+    """config.json's recommended settings are (h)'s choice from benchmarks/ablations-results, and that choice held."""
+    lab = ab.Lab(tmp_path, ab.Settings(), results=report.REPO / "benchmarks" / "ablations-results")
+    lab.compute = False                                 # reads the committed results, computes nothing
+    chosen = ab.ablate_defaults(lab)
+    arms = ab.ablate_order(lab)["arms"]
+    assert chosen["scored"]["fd"] <= max(arms[chosen["best_arm"]]["fd_range"])
+    sampling = lab.shipped.config.sampling
+    picked = chosen["chosen"]
+    assert (sampling.order, sampling.num_iter, sampling.diffusion_steps) == (
+        picked["order"], picked["num_iter"], picked["diffusion_steps"])
+    assert sampling.cfg == chosen["scored"]["sampling"]["cfg"]
+    if picked["order"] in ab.CERTAINTY:
+        assert sampling.gumbel == picked["gumbel"]
