@@ -56,7 +56,8 @@ def test_running_stats_match_np_cov_at_large_offsets(seed, d, offset, chunks):
     stats = ev.RunningStats()
     for part in np.array_split(x, chunks):
         stats.update(torch.from_numpy(part))
-    np.testing.assert_allclose(stats.mean.numpy(), x.mean(0), rtol=1e-12)
+    # two summation orders agree to rounding of the values summed, not of a mean that happens to lie near zero
+    np.testing.assert_allclose(stats.mean.numpy(), x.mean(0), rtol=1e-12, atol=1e-14 * (offset + 1))
     np.testing.assert_allclose(stats.cov.numpy(), np.cov(x, rowvar=False).reshape(d, d), rtol=1e-9, atol=1e-12)
 
 
