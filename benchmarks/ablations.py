@@ -700,8 +700,9 @@ def fastest_within_range(results: dict) -> list:
 
 def ablate_defaults(lab: Lab) -> dict:
     """{"order": (a)'s arms that the rule keeps, fastest first, "steps": (e)'s [I, S] cells likewise, "chosen": the
-    first of each together, "scored": those settings with every seed, "best_arm": (a)'s FD-best arm}. Reads (a) and
-    (e) (MissingResult until every arm of (a) is scored); computes only the chosen settings."""
+    first of each together, "scored": those settings with every seed, "best_arm" and "best": (a)'s FD-best arm's
+    name and results, "holds": whether "scored" lies within its seed range}. Reads (a) and (e) (MissingResult until
+    every arm of (a) is scored); computes only the chosen settings."""
     computing, lab.compute = lab.compute, False
     try:
         order, steps = ablate_order(lab), ablate_time(lab)
@@ -714,9 +715,11 @@ def ablate_defaults(lab: Lab) -> dict:
     by_steps = fastest_within_range({(r["sampling"]["num_iter"], r["sampling"]["diffusion_steps"]): r for r in steps})
     num_iter, diffusion_steps = by_steps[0]
     chosen = {"num_iter": num_iter, "diffusion_steps": diffusion_steps, **arms[by_order[0]]}   # raster-1 keeps I = N
-    return {"order": by_order, "steps": [list(cell) for cell in by_steps], "chosen": chosen,
-            "scored": complete(lab.scored_each("shipped", [chosen]))[0],
-            "best_arm": min(order["arms"], key=lambda name: order["arms"][name]["fd"])}
+    scored = complete(lab.scored_each("shipped", [chosen]))[0]
+    best_arm = min(order["arms"], key=lambda name: order["arms"][name]["fd"])
+    best = order["arms"][best_arm]
+    return {"order": by_order, "steps": [list(cell) for cell in by_steps], "chosen": chosen, "scored": scored,
+            "best_arm": best_arm, "best": best, "holds": scored["fd"] <= max(best["fd_range"])}
 
 
 ABLATIONS = {"order": ablate_order, "objective": ablate_objective, "bits": ablate_bits, "probe": ablate_probe,

@@ -342,12 +342,17 @@ def fd_best(res: list[dict]) -> dict:
     return min(res, key=lambda r: r["fd"])
 
 
+def order_name(sampling: dict) -> str:
+    """An order, with its Gumbel temperature where the order reads it: "random", "entropy g=1"."""
+    return sampling["order"] if sampling["order"] == "random" else f"{sampling['order']} g={sampling['gumbel']:g}"
+
+
 def order_label(r: dict) -> str:
-    """A guidance point's order, with its Gumbel temperature where the order reads it and its precision where it is
-    not the study's bfloat16 (the order study samples in float32)."""
+    """A guidance point's order name, with its precision where it is not the study's bfloat16 (the order study
+    samples in float32)."""
     sampling = r["sampling"]
-    label = sampling["order"] if sampling["order"] == "random" else f"{sampling['order']} g={sampling['gumbel']:g}"
-    return label if sampling.get("precision", "bfloat16") == "bfloat16" else f"{label}, {sampling['precision']}"
+    name = order_name(sampling)
+    return name if sampling.get("precision", "bfloat16") == "bfloat16" else f"{name}, {sampling['precision']}"
 
 
 def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
@@ -373,16 +378,14 @@ def guidance_section(res: list[dict], image_prefix: str) -> list[str]:
 
 def sampling_label(sampling: dict) -> str:
     """An order study setting with its I and S: "random, I = 10, S = 10"."""
-    order = order_label({"sampling": {**sampling, "precision": "bfloat16"}})
-    return f"{order}, I = {sampling['num_iter']}, S = {sampling['diffusion_steps']}"
+    return f"{order_name(sampling)}, I = {sampling['num_iter']}, S = {sampling['diffusion_steps']}"
 
 
-def defaults_section(res: dict, arms: dict) -> list[str]:
+def defaults_section(res: dict) -> list[str]:
     """(h): the rule's choice of the shipped model's recommended settings, and whether it holds with every seed."""
-    chosen, best = res["scored"], arms[res["best_arm"]]
-    holds = chosen["fd"] <= max(best["fd_range"])
+    chosen, best = res["scored"], res["best"]
     cells = "; ".join(f"I = {i}, S = {s}" for i, s in res["steps"])
-    verdict = ("within that range: these are the rule's recommended settings" if holds else
+    verdict = ("within that range: these are the rule's recommended settings" if res["holds"] else
                "outside that range: the rule's choice does not hold here, so the next candidate is to be scored")
     return ["## (h) The shipped model's recommended settings", "",
             "One rule: among the settings whose FD mean lies within the FD-best one's seed range, the fastest (CPU s "
@@ -448,7 +451,7 @@ def report_markdown(summary: dict, meta: dict, image_prefix: str = "") -> str:
     if "codes" in summary:
         lines += codes_section(summary["codes"], s)
     if "defaults" in summary:
-        lines += defaults_section(summary["defaults"], summary["order"]["arms"])
+        lines += defaults_section(summary["defaults"])
     if any(k in summary for k in ("order", "objective", "bits", "probe")):
         lines += [f"![FD per ablation]({image_prefix}ablations_bars.png)", ""]
     return "\n".join(lines)
